@@ -12,10 +12,10 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunesmith.errors import ConfigError
 
@@ -233,3 +233,23 @@ class DemoDataConfig(StrictModel):
     test_size: int = Field(300, ge=1, le=1_000_000)
     system_prompt_share: float = Field(0.35, ge=0.0, le=1.0)
     multi_turn_share: float = Field(0.12, ge=0.0, le=1.0)
+
+
+class ModelConfig(StrictModel):
+    """Which base model to load and how. `model: some/id` is shorthand for `model: {path: some/id}`."""
+
+    path: str = Field("default", description="local directory, hub id, or `default` for the embedded demo model")
+    revision: Optional[str] = None
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_double_quant: bool = True
+    bnb_4bit_compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    allow_pickle: bool = Field(False, description="allow .bin/.pt pickle weights (can run arbitrary code)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
