@@ -90,6 +90,194 @@ def data_demo(
         console.print(f"wrote {count:>5} rows  {name}")
 
 
+InputsArg = typer.Argument(None, help="Example files: .jsonl .json .csv .parquet .txt, each optionally .gz.", show_default=False)
+FormatOpt = typer.Option(None, "--format", help="Input format (default auto): openai, alpaca, sharegpt, prompt_completion, text, preference, kto.")
+MapOpt = typer.Option(None, "--map", help="Rename an input field, yours=ours (repeatable), e.g. --map question=instruction.")
+PiiOpt = typer.Option(None, "--pii", help="Personal data and secrets: redact (default), drop or off.")
+ModelOpt = typer.Option(None, "--model", help="Count tokens with this model's tokenizer and chat template (a directory, hub id or `default`).")
+MaxSeqLenOpt = typer.Option(None, "--max-seq-len", help="Token limit for --model (default 2048).")
+
+
+def _field_map(pairs: Optional[list[str]]) -> Optional[dict[str, str]]:
+    """--map yours=ours pairs as a dict; None when none were given, so the YAML's map stands."""
+    from tunesmith.errors import ConfigError
+
+    if not pairs:
+        return None
+    mapping = {}
+    for pair in pairs:
+        yours, sep, ours = pair.partition("=")
+        if not sep or not yours.strip() or not ours.strip():
+            raise ConfigError(f"--map {pair!r} is not yours=ours", hint="example: --map question=instruction")
+        mapping[yours.strip()] = ours.strip()
+    return mapping
+
+
+def _split_shares(text: Optional[str]) -> dict[str, float]:
+    from tunesmith.errors import ConfigError
+
+    if text is None:
+        return {}
+    parts = text.split(",")
+    try:
+        shares = [float(p) for p in parts]
+    except ValueError:
+        shares = []
+    if len(shares) != 3:
+        raise ConfigError(f"--split {text!r} is not three shares TRAIN,VAL,TEST", hint="example: --split 0.8,0.1,0.1")
+    return dict(zip(("split.train", "split.val", "split.test"), shares))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    inputs: Optional[list[Path]] = InputsArg,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory."),
+    format: Optional[str] = FormatOpt,
+    map: Optional[list[str]] = MapOpt,
+    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Fail, writing nothing, if any example is invalid."),
+    pii: Optional[str] = PiiOpt,
+    dedup_threshold: Optional[float] = typer.Option(None, "--dedup-threshold", help="Near-duplicate similarity (default 0.85)."),
+    model: Optional[str] = ModelOpt,
+    max_seq_len: Optional[int] = MaxSeqLenOpt,
+    overlong: Optional[str] = typer.Option(None, "--overlong", help="Examples over --max-seq-len: drop (default) or truncate."),
+    split: Optional[str] = typer.Option(None, "--split", help="Train,val,test shares (default 0.9,0.05,0.05)."),
+    stratify_by: Optional[str] = typer.Option(None, "--stratify-by", help="Input field whose values keep their share in every split."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Split seed; the same seed gives byte-identical files."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Validate, clean, deduplicate and split example files into train/val/test JSONL with a report."""
+    from tunesmith.config import DataPrepareConfig
+    from tunesmith.data import prepare
+
+    cfg = resolve_config(
+        DataPrepareConfig, config, sets, print_config,
+        inputs=[str(p) for p in inputs] if inputs else None, out=out, format=format, map=_field_map(map),
+        strict=strict, pii=pii, overlong=overlong, max_seq_len=max_seq_len, seed=seed,
+        **{"dedup.threshold": dedup_threshold, "model.path": model, "split.stratify_by": stratify_by},
+        **_split_shares(split),
+    )
+    result = prepare.run(cfg)
+    counts = result.counts
+    splits = counts["splits"]
+    console.print(f"kept {counts['kept']:,} of {counts['read']:,} examples: train {splits['train']:,}, "
+                  f"val {splits['val']:,}, test {splits['test']:,}")
+    for rule, n in counts["rejected"].items():
+        console.print(f"  rejected {n:>6,}  {rule}")
+    if counts["pii"]:
+        console.print("  redacted " + ", ".join(f"{kind} {n}" for kind, n in counts["pii"].items()))
+    if counts["truncated"]:
+        console.print(f"  truncated {counts['truncated']:,} to --max-seq-len")
+    console.print(f"wrote {result.out}/ (report.md, manifest.json, rejected.jsonl)")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    inputs: Optional[list[Path]] = InputsArg,
+    model: Optional[str] = ModelOpt,
+    max_seq_len: Optional[int] = MaxSeqLenOpt,
+    format: Optional[str] = FormatOpt,
+    map: Optional[list[str]] = MapOpt,
+    pii: Optional[str] = PiiOpt,
+    line: Optional[int] = typer.Option(None, "--line", help="Render the example at this line of the first file."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Check example files without writing anything: findings by rule, lengths, and one example
+    rendered through the chat template with the trained tokens marked."""
+    from tunesmith.config import DataInspectConfig
+    from tunesmith.data import inspect
+
+    cfg = resolve_config(
+        DataInspectConfig, config, sets, print_config,
+        inputs=[str(p) for p in inputs] if inputs else None, format=format, map=_field_map(map), pii=pii,
+        max_seq_len=max_seq_len, line=line, **{"model.path": model},
+    )
+    inspect.print_result(inspect.run(cfg), console)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command("train")
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Training config YAML (see examples/configs/)."),
+    sets: Optional[list[str]] = SetOpt,
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue from a checkpoint: `latest`, or a checkpoints/step-* directory.",
+    ),
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Fine-tune a model with LoRA, QLoRA or full fine-tuning (also under torchrun / accelerate launch)."""
+    from tunesmith.config import TrainConfig
+    from tunesmith.train import sft
+
+    cfg = resolve_config(TrainConfig, config, sets, print_config)
+    resume_arg = True if resume == "latest" else resume
+    result = sft.run(cfg, resume=resume_arg, console=err_console)
+    if result.stopped_early:
+        console.print(f"stopped early at step {result.steps}; best validation loss {result.best_val_loss:.4f}")
+    console.print(f"done: {result.steps} steps; adapter and metrics in {result.output_dir}")
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _adapter_specs(specs: Optional[list[str]]) -> Optional[dict[str, str]]:
+    """--adapter NAME=PATH (or just PATH, named after its run directory) as {name: path}."""
+    from tunesmith.errors import ConfigError
+
+    if not specs:
+        return None
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            run_dir = Path(spec).expanduser().resolve()
+            name, path = (run_dir.parent.name if run_dir.name == "adapter" else run_dir.name), spec
+        if not name or not path:
+            raise ConfigError(f"--adapter {spec!r} is not NAME=PATH", hint="example: --adapter support=runs/sft")
+        if name in adapters:
+            raise ConfigError(f"two adapters are named {name!r}", hint="give each --adapter a distinct NAME=")
+        adapters[name] = path
+    return adapters
+
+
+@app.command("serve")
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base or merged model: directory, hub id or `default`."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a", help="NAME=PATH of a run or adapter directory (repeatable); PATH alone uses the directory's name."),
+    adapter_root: Optional[Path] = typer.Option(None, "--adapter-root", help="Directory runtime-loaded adapters must live under (needs --api-key)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1; 0.0.0.0 exposes the server)."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port (default 8000; 0 picks a free one)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY (default: $TUNESMITH_API_KEY)."),
+    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Sequences decoded together (default 32)."),
+    max_loaded_adapters: Optional[int] = typer.Option(None, "--max-loaded-adapters", help="Adapters kept in memory, least recently used evicted (default 8)."),
+    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="Largest request body (default 1 MiB)."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="Load the base in 4bit or 8bit (bitsandbytes)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Name clients use for the base model."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda when present)."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API, batching requests."""
+    from tunesmith.config import ServeConfig
+
+    cfg = resolve_config(
+        ServeConfig, config, sets, print_config,
+        adapters=_adapter_specs(adapter), adapter_root=adapter_root, host=host, port=port, api_key=api_key,
+        max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters, max_body_bytes=max_body_bytes,
+        served_model_name=served_model_name, device=device,
+        **{"model.path": model, "model.quantization": quantization},
+    )
+    from tunesmith.serve.server import run
+
+    run(cfg, announce=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+
+
 # --------------------------------------------------------------------------- entry point
 
 

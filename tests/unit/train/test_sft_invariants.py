@@ -1,0 +1,219 @@
+"""The training invariants users rely on, each with a test that fails if it breaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunesmith.errors import TrainingError
+from tunesmith.train import sft
+from tunesmith.train.batching import BatchPlan, tokenize_rows
+from tunesmith.train.common import Dist, latest_checkpoint, lr_at
+from tunesmith.train.data import read_jsonl
+
+
+def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=atol, rtol=0), (key, (a[key] - b[key]).abs().max())
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_gradient_accumulation_equals_the_large_batch(make_config, packing):
+    """4 micro-batches of 1 (or 2 of 2) give the update of one batch of 4, token-weighted, even
+    though the examples hold different numbers of trained tokens."""
+    common = [f"train.packing={packing}", "lora.dropout=0", "train.max_steps=2"]
+    big = sft.run(make_config(*common, "train.micro_batch_size=4", "train.gradient_accumulation_steps=1"))
+    split2 = sft.run(make_config(*common, "train.micro_batch_size=2", "train.gradient_accumulation_steps=2"))
+    split4 = sft.run(make_config(*common, "train.micro_batch_size=1", "train.gradient_accumulation_steps=4"))
+    reference = adapter_weights(big.output_dir)
+    assert any(v.abs().max() > 0 for k, v in reference.items() if "lora_B" in k)  # training moved the adapter
+    for other in (split2, split4):
+        assert_same_weights(reference, adapter_weights(other.output_dir), atol=2e-6)
+        assert losses(other.output_dir) == pytest.approx(losses(big.output_dir), abs=1e-5)
+
+
+def test_micro_batches_hold_different_token_counts(make_config, tiny_model):
+    """Guards the test above: with equal counts a plain mean of micro-batch means would pass too."""
+    from transformers import AutoTokenizer
+
+    cfg = make_config("train.packing=false", "train.micro_batch_size=1", "train.gradient_accumulation_steps=4")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = tokenize_rows(read_jsonl(cfg.data.path[0] / "train.jsonl"), tokenizer, cfg.train, "train")
+    plan = BatchPlan(data, cfg.train, Dist(), pad_id=tokenizer.pad_token_id)
+    counts = [b.num_trained_tokens for b in plan.micro_batches_for_step(0)]
+    assert len(set(counts)) > 1
+
+
+def test_batch_plan_is_deterministic_and_shards_disjointly(make_config, tiny_model):
+    from transformers import AutoTokenizer
+
+    cfg = make_config("train.packing=false", "train.micro_batch_size=2", "train.gradient_accumulation_steps=2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = tokenize_rows(read_jsonl(cfg.data.path[0] / "train.jsonl"), tokenizer, cfg.train, "train")
+
+    def seen(rank: int, world: int, step: int) -> list[tuple[int, ...]]:
+        plan = BatchPlan(data, cfg.train, Dist(rank=rank, world_size=world), pad_id=tokenizer.pad_token_id)
+        return [tuple(row.tolist()) for b in plan.micro_batches_for_step(step) for row in b.tensors["input_ids"]]
+
+    assert seen(0, 1, 3) == seen(0, 1, 3)
+    assert seen(0, 1, 0) != seen(0, 1, 1)
+    rank0, rank1 = set(seen(0, 2, 0)), set(seen(1, 2, 0))
+    assert rank0 and rank1 and not rank0 & rank1
+    plan = BatchPlan(data, cfg.train, Dist(), pad_id=0)
+    epoch0 = {tuple(r.tolist()) for s in range(plan.steps_per_epoch) for b in plan.micro_batches_for_step(s)
+              for r in b.tensors["input_ids"]}
+    epoch1_first = seen(0, 1, plan.steps_per_epoch)
+    assert epoch1_first != seen(0, 1, 0)  # a new shuffle each epoch
+    assert len(epoch0) == plan.steps_per_epoch * 4
+
+
+def test_padding_is_never_trained(make_config, tiny_model):
+    from transformers import AutoTokenizer
+
+    cfg = make_config("train.packing=false", "train.micro_batch_size=4")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    data = tokenize_rows(read_jsonl(cfg.data.path[0] / "train.jsonl"), tokenizer, cfg.train, "train")
+    batch = BatchPlan(data, cfg.train, Dist(), pad_id=tokenizer.pad_token_id).micro_batches_for_step(0)[0]
+    padding = batch.tensors["attention_mask"] == 0
+    assert padding.any()
+    assert (batch.tensors["labels"][padding] == -100).all()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    trained = batch.tensors["labels"][batch.tensors["labels"] != -100]
+    assert (trained == im_end).sum() >= 4  # every assistant turn's end-of-turn token is a target
+    assert tokenizer.pad_token_id not in trained.tolist()
+
+
+def test_lr_schedule_shapes(make_config):
+    s = make_config("train.warmup_ratio=0.1", "train.learning_rate=1.0").train
+    assert lr_at(0, 100, s) == pytest.approx(0.1)
+    assert lr_at(9, 100, s) == pytest.approx(1.0)
+    assert lr_at(55, 100, s) == pytest.approx(0.5, abs=0.01)
+    assert lr_at(99, 100, s) < 0.01
+    linear = make_config("train.lr_scheduler=linear", "train.warmup_ratio=0", "train.learning_rate=1.0").train
+    assert lr_at(50, 100, linear) == pytest.approx(0.5)
+    const = make_config("train.lr_scheduler=constant", "train.warmup_ratio=0", "train.learning_rate=1.0").train
+    assert lr_at(99, 100, const) == 1.0
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tunesmith", "train", *args]
+
+
+def test_resume_after_sigkill_ends_with_identical_weights(make_config, tmp_path):
+    """Kill -9 mid-run, resume, and finish with the adapter an uninterrupted run produces."""
+    settings = ["train.max_steps=40", "train.save_every=5", "train.micro_batch_size=1", "train.packing=false",
+                "lora.dropout=0.1", "train.log_every=5"]
+    reference = sft.run(make_config(*settings))
+    cfg = make_config(*settings)
+    sets = [a for s in [f"model={cfg.model.path}", f"data={cfg.data.path[0]}", f"output_dir={cfg.output_dir}",
+                        "train.max_seq_len=256", "train.learning_rate=1e-2", "lora.r=4", *settings]
+            for a in ("--set", s)]
+    proc = subprocess.Popen(_cli(*sets), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = cfg.output_dir / "checkpoints"
+    deadline = time.time() + 180
+    while latest_checkpoint(checkpoints) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = latest_checkpoint(checkpoints)
+    assert killed_at is not None, proc.stderr.read().decode()[-2000:]
+    assert not (cfg.output_dir / "adapter").exists(), "the run finished before it was killed"
+    # Debris a crash can leave must never be taken for a checkpoint.
+    (checkpoints / ".tmp-step-0000039").mkdir()
+    (checkpoints / "step-0000038").mkdir()
+    resumed = subprocess.run(_cli(*sets, "--resume", "latest"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {killed_at}" in resumed.stderr
+    assert_same_weights(adapter_weights(reference.output_dir), adapter_weights(cfg.output_dir), atol=0)
+
+
+def test_existing_run_is_not_overwritten(make_config):
+    cfg = make_config()
+    sft.run(cfg)
+    with pytest.raises(TrainingError, match="already holds a training run"):
+        sft.run(cfg)
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
+        sft.run(make_config(), resume=True)
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(make_config):
+    cfg = make_config("train.learning_rate=1e30", "train.max_steps=6", "train.save_every=1",
+                      "train.warmup_ratio=0", "train.lr_scheduler=constant")
+    with pytest.raises(TrainingError) as exc:
+        sft.run(cfg)
+    message = str(exc.value)
+    assert "diverged at step" in message
+    step = int(message.split("diverged at step ")[1].split(":")[0])
+    kept = latest_checkpoint(cfg.output_dir / "checkpoints")
+    assert kept is not None and int(kept.name.split("-")[1]) == step - 1
+    assert str(kept) in message
+    assert not (cfg.output_dir / "adapter").exists()
+
+
+def test_nonfinite_steps_can_be_skipped(make_config):
+    cfg = make_config("train.learning_rate=1e30", "train.max_steps=4", "train.warmup_ratio=0",
+                      "train.lr_scheduler=constant", "train.skip_nonfinite_steps=true")
+    result = sft.run(cfg)
+    assert result.skipped_steps
+    manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
+    assert manifest["skipped_steps"] == result.skipped_steps
+
+
+def test_full_fine_tuning_trains_every_weight(make_config, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    result = sft.run(make_config("method=full", "train.learning_rate=1e-3"))
+    tuned = AutoModelForCausalLM.from_pretrained(result.output_dir / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert result.trainable_parameters == result.total_parameters
+    changed = [n for (n, p), q in zip(tuned.named_parameters(), base.parameters()) if not torch.equal(p, q)]
+    assert len(changed) == len(list(base.parameters()))
+
+
+def test_qlora_trains_on_cpu(make_config, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from tests.unit.train.conftest import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny64", hidden=64)
+    result = sft.run(make_config(f"model={model_dir}", "method=qlora"))
+    manifest = json.loads((result.output_dir / "manifest.json").read_text())
+    assert manifest["method"] == "qlora"
+    assert "quantization: 4bit" in (result.output_dir / "config.yaml").read_text()
+    weights = adapter_weights(result.output_dir)
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
+    assert result.final_loss is not None and result.final_loss == result.final_loss
+
+
+def test_outputs_and_manifest(make_config):
+    result = sft.run(make_config("train.max_steps=3"))
+    out = result.output_dir
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
+                 "metrics.jsonl", "loss.png", "config.yaml", "manifest.json"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"]["trainable"] < manifest["parameters"]["total"]
+    assert manifest["base_model"]["weights_sha256"]
+    assert manifest["seed"] == 42 and manifest["libraries"]["torch"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["tokens_per_s"] > 0 and "grad_norm" in r and "lr" in r for r in steps)
+    assert any("val_loss" in r for r in records)
