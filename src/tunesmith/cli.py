@@ -6,6 +6,7 @@ calls that stage's `run(cfg)`, the same function the Python API exposes.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -113,6 +114,29 @@ def _field_map(pairs: Optional[list[str]]) -> Optional[dict[str, str]]:
     return mapping
 
 
+class _RecordProgress:
+    """A transient stderr line with the records read so far and the rate, for long data runs."""
+
+    def __enter__(self):
+        import time
+
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._clock, self._start = time.perf_counter, time.perf_counter()
+        self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                             console=err_console, transient=True)
+        self._bar.__enter__()
+        self._task = self._bar.add_task("reading examples", total=None)
+        return self
+
+    def __call__(self, records: int) -> None:
+        rate = records / max(self._clock() - self._start, 1e-9)
+        self._bar.update(self._task, description=f"{records:,} examples read, {rate:,.0f}/s")
+
+    def __exit__(self, *exc_info) -> None:
+        self._bar.__exit__(*exc_info)
+
+
 def _split_shares(text: Optional[str]) -> dict[str, float]:
     from tunesmith.errors import ConfigError
 
@@ -158,7 +182,8 @@ def data_prepare(
         **{"dedup.threshold": dedup_threshold, "model.path": model, "split.stratify_by": stratify_by},
         **_split_shares(split),
     )
-    result = prepare.run(cfg)
+    with _RecordProgress() as progress:
+        result = prepare.run(cfg, progress=progress)
     counts = result.counts
     splits = counts["splits"]
     console.print(f"kept {counts['kept']:,} of {counts['read']:,} examples: train {splits['train']:,}, "
@@ -195,7 +220,9 @@ def data_inspect(
         inputs=[str(p) for p in inputs] if inputs else None, format=format, map=_field_map(map), pii=pii,
         max_seq_len=max_seq_len, line=line, **{"model.path": model},
     )
-    inspect.print_result(inspect.run(cfg), console)
+    with _RecordProgress() as progress:
+        result = inspect.run(cfg, progress=progress)
+    inspect.print_result(result, console)
 
 
 # --------------------------------------------------------------------------- train
@@ -217,6 +244,8 @@ def train(
     cfg = resolve_config(TrainConfig, config, sets, print_config)
     resume_arg = True if resume == "latest" else resume
     result = sft.run(cfg, resume=resume_arg, console=err_console)
+    if os.environ.get("RANK", "0") != "0":
+        return  # in a distributed run, rank 0 reports
     if result.stopped_early:
         console.print(f"stopped early at step {result.steps}; best validation loss {result.best_val_loss:.4f}")
     console.print(f"done: {result.steps} steps; adapter and metrics in {result.output_dir}")
@@ -276,6 +305,174 @@ def serve(
     from tunesmith.serve.server import run
 
     run(cfg, announce=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+
+
+# --------------------------------------------------------------------------- eval, merge, export, check
+
+export_app = typer.Typer(help="Export a tuned model as GGUF for llama.cpp, or for Ollama.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+check_app = typer.Typer(help="Consistency checks between training, serving and exports.", no_args_is_help=True)
+app.add_typer(check_app, name="check")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Training run dir, adapter dir, model dir or hub id."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Test set: OpenAI chat JSONL; the last assistant message is the reference."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for metrics.json, samples.jsonl, report.md/html and charts."),
+    compare_base: Optional[bool] = typer.Option(None, "--compare-base/--no-compare-base", help="Also evaluate the base model and compare."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model to compare with (default: the run's base)."),
+    json_fields: Optional[str] = typer.Option(None, "--json-fields", help="Score these fields of JSON answers, e.g. category,priority."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="JSON Schema the answers must satisfy."),
+    labels: Optional[bool] = typer.Option(None, "--labels/--no-labels", help="Score whole answers as class labels (default: auto)."),
+    regression: Optional[Path] = typer.Option(None, "--regression", help="JSONL of prompts the base handled well."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name to ask at --judge-url."),
+    lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness tasks, comma-separated (needs lm-eval)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation length limit (default 256)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts generated together (default 8)."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Score a tuned model on a test set (and against its base): accuracy, F1, JSON validity, BLEU, chrF,
+    ROUGE-L, perplexity, stop rate; writes a report with charts."""
+    from rich.table import Table
+
+    from tunesmith.config import EvalConfig
+    from tunesmith.eval import run as eval_run
+
+    cfg = resolve_config(
+        EvalConfig, config, sets, print_config,
+        model=model, data=data, out=out, compare_base=compare_base, base=base, json_fields=json_fields,
+        json_schema=json_schema, labels=labels, regression=regression, lm_eval_tasks=lm_eval, limit=limit,
+        **{"judge.url": judge_url, "judge.model": judge_model, "generation.max_new_tokens": max_new_tokens,
+           "generation.batch_size": batch_size},
+    )
+    result = eval_run.run(cfg, say=err_console.print)
+    table = Table(title=f"{result['model']} on {result['examples']} examples")
+    table.add_column("metric")
+    compare = "base" in result
+    for column in (("base", "tuned", "delta") if compare else ("value",)):
+        table.add_column(column, justify="right")
+    for name, value in result["tuned"].items():
+        if compare:
+            delta = result["delta"].get(name)
+            table.add_row(name, f"{result['base'][name]:.4g}", f"{value:.4g}", "" if delta is None else f"{delta:+.4g}")
+        else:
+            table.add_row(name, f"{value:.4g}")
+    console.print(table)
+    if compare:
+        wins = result["win_rate"]
+        console.print(f"per-example ({wins['metric']}): tuned better {wins['tuned_win_rate']:.0%}, "
+                      f"base better {wins['base_win_rate']:.0%}, ties {wins['tie_rate']:.0%}")
+    if "regression" in result:
+        console.print(f"regressions: {result['regression']['tuned_failed']} of {result['regression']['prompts']} "
+                      "prompts the base handled well now fail")
+    console.print(f"wrote {cfg.out}/ (metrics.json, samples.jsonl, report.md, report.html)")
+
+
+@app.command("merge")
+def merge_cmd(
+    run_dir: Optional[str] = typer.Argument(None, help="Training run directory or adapter directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the merged model."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model to merge into (default: the run's base)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (16-bit on GPU, fp32 on CPU), fp32, bf16 or fp16."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Merge a LoRA/QLoRA adapter into an unquantised copy of its base and check the logits still match."""
+    from tunesmith.config import MergeConfig
+    from tunesmith.export import merge
+
+    cfg = resolve_config(MergeConfig, config, sets, print_config, run=run_dir, out=out, base=base, dtype=dtype)
+    merge.run(cfg, say=console.print)
+
+
+def _export(fmt: str, source, out, quant, ollama, name, system_prompt, ollama_template, base, config, sets,
+            print_config) -> None:
+    from tunesmith.config import ExportConfig
+    from tunesmith.export import run as export_run
+
+    cfg = resolve_config(
+        ExportConfig, config, sets, print_config, format=fmt, source=source, out=out, quant=quant, ollama=ollama,
+        name=name, system_prompt=system_prompt, ollama_template=ollama_template, base=base,
+    )
+    result = export_run.run(cfg, say=console.print)
+    if not result["ok"]:
+        failures = result.get("verification", {}).get("failures", [])
+        if not result.get("parity", {}).get("ok", True):
+            failures.append("the exported prompt format differs from training (see the parity report above)")
+        err_console.print("export check failed: " + "; ".join(failures), style="bold red")
+        raise typer.Exit(1)
+
+
+_SourceArg = typer.Argument(None, help="Training run dir, adapter dir or merged model dir.")
+_QuantOpt = typer.Option(None, "--quant", "-q", help="f16 (default), bf16, f32, q8_0, q4_0; K-quants (q4_k_m...) need llama-cpp-python.")
+_NameOpt = typer.Option(None, "--name", help="Model name in the GGUF metadata and the Ollama tag.")
+_SystemOpt = typer.Option(None, "--system-prompt", help="Default system prompt (Modelfile SYSTEM).")
+_TemplateOpt = typer.Option(None, "--ollama-template", help="Use this Go TEMPLATE file instead of the derived one.")
+_BaseOpt = typer.Option(None, "--base", help="Base model of the adapter (default: the run's base).")
+
+
+@export_app.command("gguf")
+def export_gguf(
+    source: Optional[str] = _SourceArg,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output FILE.gguf (or a directory)."),
+    quant: Optional[str] = _QuantOpt,
+    ollama: Optional[bool] = typer.Option(None, "--ollama/--no-ollama", help="Also write an Ollama Modelfile next to the GGUF."),
+    name: Optional[str] = _NameOpt,
+    system_prompt: Optional[str] = _SystemOpt,
+    ollama_template: Optional[Path] = _TemplateOpt,
+    base: Optional[str] = _BaseOpt,
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Write a GGUF file (merging the adapter first), verify it, and check its prompt format matches training."""
+    _export("gguf", source, out, quant, ollama, name, system_prompt, ollama_template, base, config, sets, print_config)
+
+
+@export_app.command("ollama")
+def export_ollama(
+    source: Optional[str] = _SourceArg,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory for the GGUF and the Modelfile."),
+    quant: Optional[str] = _QuantOpt,
+    name: Optional[str] = _NameOpt,
+    system_prompt: Optional[str] = _SystemOpt,
+    ollama_template: Optional[Path] = _TemplateOpt,
+    base: Optional[str] = _BaseOpt,
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Write a GGUF and an Ollama Modelfile whose TEMPLATE renders exactly as training did."""
+    _export("ollama", source, out, quant, None, name, system_prompt, ollama_template, base, config, sets, print_config)
+
+
+@check_app.command("parity")
+def check_parity(
+    source: Optional[str] = typer.Argument(None, help="Training run dir, adapter dir, model dir or export dir."),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF file to check (default: the export dir's)."),
+    modelfile: Optional[Path] = typer.Option(None, "--modelfile", help="Ollama Modelfile to check."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Also check the first conversations of this JSONL."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="How many conversations of --data (default 8)."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Default system prompt served with the model."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Render the same conversations through training, serving, the GGUF and the Modelfile; exit 1 on any difference."""
+    from tunesmith.config import ParityConfig
+    from tunesmith.export import parity
+
+    cfg = resolve_config(ParityConfig, config, sets, print_config, source=source, gguf=gguf, modelfile=modelfile,
+                         data=data, limit=limit, system_prompt=system_prompt)
+    report = parity.run(cfg, say=console.print)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- entry point

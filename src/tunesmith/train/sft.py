@@ -209,6 +209,11 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
             break
     progress.close()
     metrics.close()
+    if dist.enabled:
+        state["distributed"] = {"world_size": dist.world_size, "ranks_agree": ranks_agree(model, dist)}
+        if not state["distributed"]["ranks_agree"]:
+            raise TrainingError("the processes of this distributed run ended with different weights",
+                                hint="this is a bug in the distributed setup; please report it with the config")
 
     # 6. outputs
     if dist.is_main:
@@ -219,6 +224,17 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
                        best_val_loss=state["best_val_loss"], trainable_parameters=trainable,
                        total_parameters=total, stopped_early=stopped_early,
                        skipped_steps=list(state["skipped_steps"]))
+
+
+@torch.no_grad()
+def ranks_agree(model, dist: Dist) -> bool:
+    """Whether every rank holds bit-identical trainable weights (DDP must keep them in sync)."""
+    values = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad])
+    digest = torch.tensor([values.sum().item(), (values * values).sum().item(), values.abs().max().item()],
+                          dtype=torch.float64, device=dist.device)
+    gathered = [torch.zeros_like(digest) for _ in range(dist.world_size)]
+    torch.distributed.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 @torch.no_grad()
@@ -265,6 +281,7 @@ def _save_outputs(cfg, model, tokenizer, out: Path, data, state, trainable: int,
             "best_step": state["best_step"],
             "stopped_early": stopped_early,
             "skipped_steps": state["skipped_steps"],
+            "distributed": state.get("distributed", {"world_size": 1}),
         },
     )
 
