@@ -130,6 +130,40 @@ class PackedCollator:
 
 
 @dataclass
+class PackedRowsCollator:
+    """Keep packed rows (from `pack_examples`) as separate batch rows, padded to the longest.
+
+    Attention implementations that compute the whole masked score matrix (sdpa and eager, as on
+    CPU) pay for the square of the row length; flattening a micro-batch of 8 rows of 512 tokens
+    into one row of 4096 costs 8 times the attention work of 8 rows, so this layout is the fast
+    one there, while varlen flash attention prefers `PackedCollator`. A row's padding forms a
+    segment of its own (its positions restart at 0), so no real token attends to it, and it
+    carries no loss. Plain examples are accepted too and become one-segment rows.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        rows = []
+        for feature in features:
+            ids = _as_list(feature["input_ids"])
+            labels = _as_list(feature["labels"]) if "labels" in feature else list(ids)
+            if "position_ids" in feature:
+                positions = _as_list(feature["position_ids"])
+            else:
+                positions, labels = list(range(len(ids))), [IGNORE_INDEX] + labels[1:]
+            rows.append((ids, labels, positions))
+        width = max(len(ids) for ids, _, _ in rows)
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor([ids + [self.pad_token_id] * (width - len(ids)) for ids, _, _ in rows]),
+            "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in rows]),
+            "position_ids": torch.tensor([pos + list(range(width - len(pos))) for _, _, pos in rows]),
+        }
+        batch["use_cache"] = False
+        return batch
+
+
+@dataclass
 class PaddedCollator:
     """Pad a batch on the right to its longest example (optionally to a multiple of N).
 
@@ -157,4 +191,4 @@ class PaddedCollator:
         }
 
 
-__all__ = ["PackedCollator", "PaddedCollator", "first_fit_decreasing", "pack_examples"]
+__all__ = ["PackedCollator", "PackedRowsCollator", "PaddedCollator", "first_fit_decreasing", "pack_examples"]

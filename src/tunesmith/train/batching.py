@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tunesmith.chat.masking import IGNORE_INDEX, UntrainableConversationError, tokenize_conversation
-from tunesmith.chat.packing import PackedCollator, PaddedCollator, pack_examples
+from tunesmith.chat.packing import PackedCollator, PackedRowsCollator, PaddedCollator, pack_examples
 from tunesmith.config import TrainSettings
 from tunesmith.errors import TrainingError
 
@@ -92,8 +92,15 @@ class Batch:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.tensors.items()}
 
 
-def _make_batch(features: list[dict[str, list[int]]], packed: bool, pad_id: int) -> Batch:
-    tensors = PackedCollator()(features) if packed else PaddedCollator(pad_token_id=pad_id)(features)
+def _make_batch(features: list[dict[str, list[int]]], packed: bool, pad_id: int, flatten: bool) -> Batch:
+    """Packed rows are flattened into one sequence only for varlen flash attention; other kernels
+    compute the full masked square, so separate rows are much cheaper for them."""
+    if not packed:
+        tensors = PaddedCollator(pad_token_id=pad_id)(features)
+    elif flatten:
+        tensors = PackedCollator(return_flash_attn_kwargs=True)(features)
+    else:
+        tensors = PackedRowsCollator(pad_token_id=pad_id)(features)
     trained = int((tensors["labels"][:, 1:] != IGNORE_INDEX).sum())
     return Batch(tensors=tensors, num_trained_tokens=trained)
 
@@ -101,8 +108,9 @@ def _make_batch(features: list[dict[str, list[int]]], packed: bool, pad_id: int)
 class BatchPlan:
     """Which micro-batches each optimiser step uses, on each rank, for the whole run."""
 
-    def __init__(self, data: TokenizedSet, settings: TrainSettings, dist, pad_id: int):
+    def __init__(self, data: TokenizedSet, settings: TrainSettings, dist, pad_id: int, flatten: bool = False):
         self.data = data
+        self.flatten = flatten
         self.settings = settings
         self.rank, self.world = dist.rank, dist.world_size
         self.pad_id = pad_id
@@ -145,13 +153,14 @@ class BatchPlan:
         units = self._epoch_units(epoch)
         window = units[k * self.per_step : (k + 1) * self.per_step]
         mine = window[self.rank :: self.world]
-        return [_make_batch(u, self.settings.packing, self.pad_id) for u in mine]
+        return [_make_batch(u, self.settings.packing, self.pad_id, self.flatten) for u in mine]
 
 
-def eval_batches(data: TokenizedSet, settings: TrainSettings, pad_id: int, dist=None) -> list[Batch]:
+def eval_batches(data: TokenizedSet, settings: TrainSettings, pad_id: int, dist=None,
+                 flatten: bool = False) -> list[Batch]:
     """Validation micro-batches in a fixed order; each rank takes its share."""
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     rows = pack_examples(data.examples, settings.max_seq_len) if settings.packing else data.examples
     size = settings.micro_batch_size
     units = [rows[i : i + size] for i in range(0, len(rows), size)]
-    return [_make_batch(u, settings.packing, pad_id) for u in units[rank::world]]
+    return [_make_batch(u, settings.packing, pad_id, flatten) for u in units[rank::world]]

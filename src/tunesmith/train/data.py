@@ -66,7 +66,7 @@ def load_training_data(cfg: TrainConfig, out: Path, dist) -> TrainingData:
     return TrainingData(train, val, directory, files, manifest if manifest.is_file() else None)
 
 
-def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path) -> None:
+def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path):
     """Run the data stage on raw files: validation, cleaning, dedup and a train/val split."""
     from tunesmith.config import DataPrepareConfig
     from tunesmith.data import prepare
@@ -74,9 +74,10 @@ def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path) -> None:
     prep = DataPrepareConfig(
         inputs=paths,
         out=directory,
-        model=cfg.model.path,
+        model=cfg.model,
         max_seq_len=cfg.train.max_seq_len,
         split={"train": 1.0 - cfg.data.val_ratio, "val": cfg.data.val_ratio, "test": 0.0},
         seed=cfg.train.seed,
     )
-    prepare.run(prep)
+    result = prepare.run(prep)
+    return result

@@ -96,7 +96,8 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
     val_set = batching.tokenize_rows(data.val_rows, tokenizer, cfg.train, "validation") if data.val_rows else None
     for note in train_set.notes + (val_set.notes if val_set else []):
         say(note)
-    plan = batching.BatchPlan(train_set, cfg.train, dist, pad_id=setup.pad.id)
+    flatten = cfg.model.attn_implementation == "flash_attention_2"
+    plan = batching.BatchPlan(train_set, cfg.train, dist, pad_id=setup.pad.id, flatten=flatten)
     total_steps = plan.total_steps
     say(f"training: {len(train_set)} examples, {plan.steps_per_epoch} steps per epoch, {total_steps} steps; "
         f"{'packed' if cfg.train.packing else 'padded'} micro-batches of {cfg.train.micro_batch_size}, "
@@ -120,7 +121,7 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
             (out / "skipped_examples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
     metrics = MetricsLog(out / "metrics.jsonl", cfg.train.report_to, out.name,
                          json.loads(cfg.model_dump_json()), enabled=dist.is_main, resume=resume_from is not None)
-    val_batches = batching.eval_batches(val_set, cfg.train, setup.pad.id, dist) if val_set else []
+    val_batches = batching.eval_batches(val_set, cfg.train, setup.pad.id, dist, flatten) if val_set else []
     eval_every = cfg.train.eval_every or plan.steps_per_epoch
     save_every = cfg.train.save_every or eval_every
     autocast = _autocast(cfg, dist)

@@ -10,7 +10,13 @@ import torch
 from chat_helpers import tiny_llama
 
 from tunesmith.chat.masking import IGNORE_INDEX
-from tunesmith.chat.packing import PackedCollator, PaddedCollator, first_fit_decreasing, pack_examples
+from tunesmith.chat.packing import (
+    PackedCollator,
+    PackedRowsCollator,
+    PaddedCollator,
+    first_fit_decreasing,
+    pack_examples,
+)
 
 VOCAB = 64
 
@@ -144,3 +150,33 @@ def test_packing_hides_a_trained_first_token_from_the_previous_example():
                   for e in data]
     weights = [len(e["input_ids"]) - 1 for e in data]
     assert packed_loss == pytest.approx(sum(l * w for l, w in zip(losses, weights)) / sum(weights), abs=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_rows_logits_equal_each_example_alone(attn):
+    """Rows of different fill, padded: every example still computes as if alone."""
+    model = tiny_llama(VOCAB, attn).eval()
+    data = examples(lengths=(7, 12, 3, 9, 5, 14, 2))
+    rows = pack_examples(data, 16)
+    assert len(rows) > 2 and len({len(r["input_ids"]) for r in rows}) > 1  # real padding happens
+    batch = PackedRowsCollator(pad_token_id=0)(rows)
+    assert batch["input_ids"].shape[0] == len(rows) and "attention_mask" not in batch
+    lengths = [len(e["input_ids"]) for e in data]
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for row, members in enumerate(first_fit_decreasing(lengths, 16)):
+            offset = 0
+            for i in members:
+                alone = _alone_logits(model, data[i])
+                torch.testing.assert_close(logits[row, offset : offset + len(alone)], alone, atol=1e-5, rtol=1e-5)
+                offset += len(alone)
+            assert (batch["labels"][row, offset:] == IGNORE_INDEX).all()
+
+
+def test_packed_rows_loss_is_the_token_weighted_loss_of_the_examples():
+    model = tiny_llama(VOCAB, "sdpa").eval()
+    data = examples(lengths=(7, 12, 3, 9, 5, 14, 2))
+    with torch.no_grad():
+        rows_loss = model(**PackedRowsCollator(pad_token_id=0)(pack_examples(data, 16))).loss.item()
+        flat_loss = model(**PackedCollator()(data)).loss.item()
+    assert rows_loss == pytest.approx(flat_loss, abs=1e-5)
