@@ -315,6 +315,15 @@ check_app = typer.Typer(help="Consistency checks between training, serving and e
 app.add_typer(check_app, name="check")
 
 
+def _say(text: str) -> None:
+    """Stage progress lines as plain text: they quote tokens and paths that rich would read as markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _say_err(text: str) -> None:
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Training run dir, adapter dir, model dir or hub id."),
@@ -350,7 +359,7 @@ def eval_cmd(
         **{"judge.url": judge_url, "judge.model": judge_model, "generation.max_new_tokens": max_new_tokens,
            "generation.batch_size": batch_size},
     )
-    result = eval_run.run(cfg, say=err_console.print)
+    result = eval_run.run(cfg, say=_say_err)
     table = Table(title=f"{result['model']} on {result['examples']} examples")
     table.add_column("metric")
     compare = "base" in result
@@ -388,7 +397,7 @@ def merge_cmd(
     from tunesmith.export import merge
 
     cfg = resolve_config(MergeConfig, config, sets, print_config, run=run_dir, out=out, base=base, dtype=dtype)
-    merge.run(cfg, say=console.print)
+    merge.run(cfg, say=_say)
 
 
 def _export(fmt: str, source, out, quant, ollama, name, system_prompt, ollama_template, base, config, sets,
@@ -400,12 +409,12 @@ def _export(fmt: str, source, out, quant, ollama, name, system_prompt, ollama_te
         ExportConfig, config, sets, print_config, format=fmt, source=source, out=out, quant=quant, ollama=ollama,
         name=name, system_prompt=system_prompt, ollama_template=ollama_template, base=base,
     )
-    result = export_run.run(cfg, say=console.print)
+    result = export_run.run(cfg, say=_say)
     if not result["ok"]:
         failures = result.get("verification", {}).get("failures", [])
         if not result.get("parity", {}).get("ok", True):
             failures.append("the exported prompt format differs from training (see the parity report above)")
-        err_console.print("export check failed: " + "; ".join(failures), style="bold red")
+        err_console.print("export check failed: " + "; ".join(failures), style="bold red", markup=False)
         raise typer.Exit(1)
 
 
@@ -470,7 +479,7 @@ def check_parity(
 
     cfg = resolve_config(ParityConfig, config, sets, print_config, source=source, gguf=gguf, modelfile=modelfile,
                          data=data, limit=limit, system_prompt=system_prompt)
-    report = parity.run(cfg, say=console.print)
+    report = parity.run(cfg, say=_say)
     if not report.ok:
         raise typer.Exit(1)
 

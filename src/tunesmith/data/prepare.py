@@ -1,0 +1,188 @@
+"""`tunesmith data prepare`: example files in, a clean, validated, split dataset out.
+
+Two passes. The first streams every input through the checks (`pipeline.Checks`), writing kept
+examples to a spool file and rejected ones to `rejected.jsonl`; the second deals the spooled
+examples out to train/val/test once the split is known. Everything is written to a staging
+directory first and moved into `--out` only when the run succeeds, so `--strict` (or any error)
+leaves nothing behind. Same inputs, settings and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith import __version__
+from tunesmith.config import DataPrepareConfig, config_to_yaml
+from tunesmith.data import report, split
+from tunesmith.data.pipeline import Checks, Kept, Rejected, Stats
+from tunesmith.data.readers import require_file
+from tunesmith.data.rules import RULES
+from tunesmith.data.schema import dumps_row
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.manifest import sha256_file
+
+OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl")
+# How many findings a --strict failure lists before "and N more".
+STRICT_SHOWN = 20
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    manifest: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.manifest["counts"]
+
+
+def check_inputs(cfg: DataPrepareConfig) -> None:
+    if not cfg.inputs:
+        raise ConfigError("no input files", hint="tunesmith data prepare FILE... --out DIR")
+    if cfg.out is None:
+        raise ConfigError("no output directory", hint="pass --out DIR")
+    for path in cfg.inputs:
+        require_file(Path(path))
+        if Path(cfg.out).resolve() in Path(path).resolve().parents:
+            raise ConfigError(f"the output directory {cfg.out} holds the input {path}",
+                              hint="write the prepared dataset to another directory")
+
+
+def rejected_line(outcome: Rejected) -> str:
+    finding, record = outcome.finding, outcome.record
+    row: dict[str, Any] = {"rule": finding.rule, "message": finding.message, "source": finding.source,
+                           "line": finding.line}
+    if finding.field:
+        row["field"] = finding.field
+    if outcome.shown is not None:
+        row["record"] = outcome.shown
+    else:
+        row["raw"] = record.raw
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _strict_failure(stats: Stats, rejected_path: Path) -> DataError:
+    lines = []
+    with open(rejected_path, encoding="utf-8") as fh:
+        for text in fh:
+            row = json.loads(text)
+            field = f" ({row['field']})" if row.get("field") else ""
+            lines.append(f"  {row['source']}:{row['line']}: {row['rule']}{field}: {row['message']}")
+            if len(lines) == STRICT_SHOWN:
+                break
+    total = sum(stats.rejected.values())
+    more = f"\n  ... and {total - len(lines)} more" if total > len(lines) else ""
+    by_rule = ", ".join(f"{rule} {n}" for rule, n in stats.rejected.most_common())
+    return DataError(
+        f"--strict: {total} of {stats.read} examples are invalid ({by_rule}); nothing was written\n"
+        + "\n".join(lines) + more,
+        hint="fix these examples, or run without --strict to keep the valid ones and write the rest to rejected.jsonl",
+    )
+
+
+def _versions(with_tokenizer: bool) -> dict[str, str]:
+    import datasketch
+
+    versions = {"tunesmith": __version__, "python": platform.python_version(), "datasketch": datasketch.__version__}
+    if with_tokenizer:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    return versions
+
+
+def run(cfg: DataPrepareConfig, *, progress: Callable[[int], None] | None = None) -> PrepareResult:
+    """Prepare the dataset described by `cfg` and return where it went and what was counted.
+
+    `progress`, if given, is called with the number of records read so far, now and then."""
+    check_inputs(cfg)
+    tokenizer = None
+    if cfg.model is not None:
+        from tunesmith.data.length import load_chat_tokenizer
+
+        tokenizer = load_chat_tokenizer(cfg.model)
+    checks = Checks(cfg, stratify_by=cfg.split.stratify_by, tokenizer=tokenizer, progress=progress)
+    stats = checks.stats
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory(prefix="tunesmith-prepare-") as tmp:
+        staging = Path(tmp)
+        spool_path = staging / "kept.spool.jsonl"
+        with open(spool_path, "w", encoding="utf-8", newline="\n") as spool, \
+                open(staging / "rejected.jsonl", "w", encoding="utf-8", newline="\n") as rejected:
+            for outcome in checks.run():
+                if isinstance(outcome, Kept):
+                    spool.write(dumps_row(outcome.row) + "\n")
+                else:
+                    rejected.write(rejected_line(outcome) + "\n")
+        if cfg.strict and stats.rejected:
+            raise _strict_failure(stats, staging / "rejected.jsonl")
+
+        assignment = split.assign(stats.groups, stats.strata, val=cfg.split.val, test=cfg.split.test, seed=cfg.seed)
+        rows = {name: 0 for name in split.SPLITS}
+        handles = {name: open(staging / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") for name in split.SPLITS}
+        try:
+            with open(spool_path, encoding="utf-8") as spool:
+                for example_id, line in enumerate(spool):
+                    name = split.SPLITS[assignment[example_id]]
+                    handles[name].write(line)
+                    rows[name] += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+        spool_path.unlink()
+        rows["rejected"] = sum(stats.rejected.values())
+
+        limit = cfg.max_seq_len if tokenizer is not None else None
+        report.write_histogram(stats.lengths, stats.length_unit, staging / report.HISTOGRAM, limit=limit)
+        manifest = _manifest(cfg, stats, staging, rows)
+        (staging / "report.md").write_text(report.render(manifest, stats.examples), encoding="utf-8")
+        manifest["outputs"]["report.md"] = {"rows": None, "sha256": sha256_file(staging / "report.md")}
+        (staging / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        for produced in sorted(staging.iterdir()):
+            shutil.move(str(produced), out / produced.name)
+    return PrepareResult(out, manifest)
+
+
+def _manifest(cfg: DataPrepareConfig, stats: Stats, staging: Path, rows: dict[str, int]) -> dict[str, Any]:
+    inputs = []
+    for summary in stats.inputs:
+        path = Path(summary.path)
+        inputs.append({"path": summary.path, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                       "container": summary.container, "format": summary.format, "records": summary.records,
+                       "kept": summary.kept, "rejected": summary.rejected,
+                       "ignored_fields": dict(sorted(summary.ignored_fields.items()))})
+    rejected = {rule: stats.rejected[rule] for rule in RULES if stats.rejected[rule]}
+    counts = {
+        "read": stats.read,
+        "funnel": stats.funnel(),
+        "rejected": rejected,
+        "pii": dict(sorted(stats.pii.items())),
+        "examples_with_pii": stats.examples_with_pii,
+        "truncated": stats.truncated,
+        "kept": stats.kept,
+        "kind": stats.kind,
+        "splits": {name: rows[name] for name in split.SPLITS},
+    }
+    outputs = {name: {"rows": rows[name.removesuffix(".jsonl")], "sha256": sha256_file(staging / name)}
+               for name in OUTPUT_FILES}
+    outputs[report.HISTOGRAM] = {"rows": None, "sha256": sha256_file(staging / report.HISTOGRAM)}
+    return {
+        "stage": "data prepare",
+        "versions": _versions(cfg.model is not None),
+        "seed": cfg.seed,
+        "settings": cfg.model_dump(mode="json"),
+        "inputs": inputs,
+        "counts": counts,
+        "length": {"unit": stats.length_unit, "summary": report.length_summary(stats.lengths)},
+        "dedup_index_bytes": stats.dedup_bytes,
+        "outputs": outputs,
+    }
