@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test install clean default-model demo-data
+.PHONY: test quickstart install clean default-model demo-data
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The whole lifecycle on the demo task, offline: prepare, train, evaluate, merge, export, serve.
+quickstart: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/tunesmith quickstart --overwrite
 
 # Rebuild the embedded default model (about 20 minutes on 2 CPU cores).
 default-model: $(STAMP)

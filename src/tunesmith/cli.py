@@ -484,6 +484,29 @@ def check_parity(
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------- quickstart
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where every stage writes (default ./quickstart-out)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model: `default` (the embedded demo model), a directory or a hub id."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: 150 on the demo model, else 1 epoch)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Skip starting the server at the end."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """The whole lifecycle on the demo ticket-triage task: prepare, train, evaluate, merge, export, serve."""
+    from tunesmith import quickstart as tour
+    from tunesmith.config import QuickstartConfig
+
+    cfg = resolve_config(QuickstartConfig, config, sets, print_config, out=out, model=model, steps=steps,
+                         overwrite=overwrite or None, serve=False if no_serve else None)
+    tour.run(cfg, say=lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True))
+
+
 # --------------------------------------------------------------------------- entry point
 
 

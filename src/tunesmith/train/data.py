@@ -19,9 +19,17 @@ class TrainingData:
     directory: Path
     files: list[Path]
     manifest: Path | None
+    prepared_here: bool = False
 
     def describe(self) -> str:
-        return f"{len(self.train_rows)} training and {len(self.val_rows)} validation examples from {self.directory}"
+        text = f"{len(self.train_rows)} training and {len(self.val_rows)} validation examples from {self.directory}"
+        if self.prepared_here and self.manifest is not None:
+            counts = json.loads(self.manifest.read_text())["counts"]
+            rejected = sum(counts.get("rejected", {}).values())
+            text += (f" (prepared from {counts['read']} raw examples: {rejected} rejected, "
+                     f"{counts.get('examples_with_pii', 0)} with personal data redacted; "
+                     f"see {self.directory / 'report.md'})")
+        return text
 
 
 def is_prepared_dir(path: Path) -> bool:
@@ -63,7 +71,8 @@ def load_training_data(cfg: TrainConfig, out: Path, dist) -> TrainingData:
     val = read_jsonl(val_path) if val_path.is_file() else []
     files = [f for f in (directory / "train.jsonl", val_path) if f.is_file()]
     manifest = directory / "manifest.json"
-    return TrainingData(train, val, directory, files, manifest if manifest.is_file() else None)
+    return TrainingData(train, val, directory, files, manifest if manifest.is_file() else None,
+                        prepared_here=directory == out / "data")
 
 
 def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path):

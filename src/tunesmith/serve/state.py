@@ -1,0 +1,147 @@
+"""Everything one running server holds: the model, its adapters, the engine, limits and metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from tunesmith.config import ServeConfig
+from tunesmith.errors import ServeError, TunesmithError
+from tunesmith.models import DEFAULT_MODEL_NAME
+from tunesmith.models.loading import load_model, load_tokenizer, resolve_model_path
+from tunesmith.serve.adapters import AdapterRegistry, Target, prepare_adapter
+from tunesmith.serve.engine import Engine, SamplingParams
+from tunesmith.serve.metrics import ServeMetrics
+from tunesmith.serve.protocol import APIError, bad_request, model_not_found
+
+API_KEY_ENV = "TUNESMITH_API_KEY"
+
+
+@dataclass
+class ServeState:
+    cfg: ServeConfig
+    engine: Engine
+    registry: AdapterRegistry
+    metrics: ServeMetrics
+    base: Target
+    base_aliases: frozenset[str]
+    served_model: str  # the base model's resolved path or hub id, which adapters must match
+    context_length: int
+    vocab_size: int
+    generation_config: Any
+    api_key: Optional[str]
+    draining: bool = False
+    active_requests: int = 0
+    created: float = field(default_factory=time.time)
+
+    # ------------------------------------------------------------------ requests
+
+    def resolve(self, name: str) -> Target:
+        """The base or adapter a request's `model` names; 404 for anything else."""
+        if name in self.base_aliases:
+            return self.base
+        prepared = self.registry.get(name)
+        if prepared is None:
+            raise model_not_found(name, [self.base.name, *self.registry.names()])
+        return prepared.target
+
+    def sampling(self, prompts: list[list[int]], *, n: int, max_tokens: Optional[int], limit_param: str,
+                 temperature: Optional[float], top_p: Optional[float], seed: Optional[int],
+                 stop: list[str], ignore_eos: bool = False) -> SamplingParams:
+        """Check the request against the server's bounds and the context window."""
+        cfg = self.cfg
+        if n > cfg.max_n:
+            raise bad_request(f"n must be at most {cfg.max_n}.", param="n")
+        if len(prompts) * n > min(cfg.max_queue, cfg.max_batch_size * cfg.max_n):
+            raise bad_request(f"This request asks for {len(prompts) * n} completions; send fewer prompts or a "
+                              "smaller n.", param="n")
+        if max_tokens is not None and max_tokens > cfg.max_tokens_limit:
+            raise bad_request(f"{limit_param} must be at most {cfg.max_tokens_limit}.", param=limit_param)
+        longest = max(len(p) for p in prompts)
+        room = self.context_length - longest
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            asked = f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the completion)" \
+                if max_tokens is not None else f"{longest} tokens in the prompt"
+            raise APIError(400, f"This model's maximum context length is {self.context_length} tokens; "
+                           f"this request needs {asked}. Shorten the prompt or lower {limit_param}.",
+                           param="messages" if max_tokens is None else limit_param,
+                           code="context_length_exceeded")
+        return SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else min(cfg.default_max_tokens, room),
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed, stop=tuple(stop), ignore_eos=ignore_eos,
+        )
+
+    # ------------------------------------------------------------------ adapters
+
+    def prepare(self, name: str, path: str | Path):
+        return prepare_adapter(name, path, base_target=self.base, served_model=self.served_model,
+                               generation_config=self.generation_config, max_rank=self.cfg.max_lora_rank,
+                               allow_base_mismatch=self.cfg.allow_base_mismatch)
+
+
+def served_name(cfg: ServeConfig) -> str:
+    """What clients call the base model: the configured name, the demo model's name, or the
+    directory name of a local model (a hub id is used as it is, like vLLM does)."""
+    if cfg.served_model_name:
+        return cfg.served_model_name
+    if cfg.model.path in ("default", DEFAULT_MODEL_NAME):
+        return DEFAULT_MODEL_NAME
+    local = Path(cfg.model.path).expanduser()
+    return local.resolve().name if local.exists() else cfg.model.path
+
+
+def context_length(model, tokenizer) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 10**8]
+    if not usable:
+        raise ServeError("cannot tell the model's context length (no max_position_embeddings in its config)")
+    return min(usable)
+
+
+def create_state(cfg: ServeConfig, *, model=None, tokenizer=None) -> ServeState:
+    """Load the base model (unless given) and the startup adapters, and build the engine."""
+    from tunesmith.chat.tokens import stop_token_ids
+
+    if cfg.adapter_root is not None and not cfg.adapter_root.is_dir():
+        raise ServeError(f"--adapter-root {cfg.adapter_root} is not a directory")
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    served_model = resolve_model_path(cfg.model.path)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model)
+    if model is None:
+        model = load_model(cfg.model, device=str(device))
+    model.eval()
+    device = next(model.parameters()).device
+    generation_config = getattr(model, "generation_config", None)
+    name = served_name(cfg)
+    clash = sorted({name, cfg.model.path} & set(cfg.adapters))
+    if clash:
+        raise ServeError(f"adapter name {clash[0]!r} is also the base model's name", hint="rename the adapter")
+    base = Target(name=name, adapter=None, tokenizer=tokenizer,
+                  stop_ids=frozenset(stop_token_ids(tokenizer, generation_config)))
+    metrics = ServeMetrics()
+    registry = AdapterRegistry(model, max_loaded=cfg.max_loaded_adapters)
+    api_key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get(API_KEY_ENV) or None
+    state = ServeState(
+        cfg=cfg, engine=Engine(registry, device=device, max_batch_size=cfg.max_batch_size,
+                               max_queue=cfg.max_queue, metrics=metrics),
+        registry=registry, metrics=metrics, base=base,
+        base_aliases=frozenset({name, cfg.model.path}), served_model=served_model,
+        context_length=context_length(model, tokenizer), vocab_size=len(tokenizer),
+        generation_config=generation_config, api_key=api_key,
+    )
+    for adapter_name, path in cfg.adapters.items():
+        try:
+            # The engine thread is not running yet, so the registry can be changed from here.
+            registry.add(state.prepare(adapter_name, path))
+        except TunesmithError as exc:
+            raise ServeError(f"adapter {adapter_name!r} ({path}): {exc.message}", hint=exc.hint) from None
+    metrics.loaded_adapters.set(len(registry.loaded_names()))
+    return state
