@@ -327,7 +327,7 @@ def model_card(f: dict, config: LlamaConfig) -> str:
     return f"""# tunesmith-demo-4m — the embedded default model
 
 **This is a demo model.** It is tiny ({f['parameters']:,} parameters), was trained for about
-{f['minutes']} minutes on a 2-core CPU, and knows little beyond the shape of English text about
+{f['minutes']} minutes of wall-clock time on a 2-core CPU that it shared with other jobs, and knows little beyond the shape of English text about
 Python. It exists so that every tunesmith stage — data preparation, fine-tuning, evaluation,
 merging, GGUF export and serving — runs offline on a laptop in minutes. Do not use it for
 anything that matters; use it to see the pipeline work, then switch to a real model.

@@ -92,13 +92,17 @@ def test_generates_deterministically(model, tokenizer):
 
 
 def test_is_pretrained_not_random(model, tokenizer):
-    """Held-out-style English about Python is far likelier than under a random model."""
-    text = "Return a new list containing all items from the iterable in ascending order."
+    """English about Python is far likelier under the model than under the same architecture untrained."""
+    text = ("Return a new sorted list from the items in iterable. The key argument specifies a function "
+            "of one argument that is used to extract a comparison key from each element. If reverse is "
+            "true, the list elements are sorted as if each comparison were reversed.")
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    torch.manual_seed(0)
+    untrained = type(model)(model.config).eval()
     with torch.no_grad():
-        loss = model(input_ids=ids, labels=ids).loss.item()
-    vocab = model.config.vocab_size
-    assert torch.exp(torch.tensor(loss)) < vocab / 20
+        trained_ppl = torch.exp(model(input_ids=ids, labels=ids).loss).item()
+        untrained_ppl = torch.exp(untrained(input_ids=ids, labels=ids).loss).item()
+    assert trained_ppl < untrained_ppl / 10
 
 
 def test_model_card_states_measured_facts():
