@@ -1,0 +1,170 @@
+"""`tunesmith eval`: generate on a test set, score, compare with the base model, write a report.
+
+    tunesmith eval --model runs/sft --data examples/data/tickets/test.jsonl --compare-base --out eval/
+
+The tuned model and, with `compare_base`, its base model answer the same prompts with the same
+generation settings; the base of a LoRA run is the same loaded model with its adapter disabled,
+so no second copy is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.config import EvalConfig
+from tunesmith.errors import ConfigError
+from tunesmith.eval import compare, generate as gen, metrics as m
+from tunesmith.eval.report import write_report
+from tunesmith.manifest import write_stage_record
+from tunesmith.models.source import ModelSource, load_source, resolve_source
+
+
+def _kind(task: m.TaskSpec) -> str:
+    if task.json_fields:
+        return f"JSON fields ({', '.join(task.json_fields)})"
+    if task.labels:
+        return "class labels"
+    return "JSON text" if task.json_answers else "free text"
+
+
+class _Models:
+    """The tuned model and a way to get the base model's view of it (or a separately loaded base)."""
+
+    def __init__(self, cfg: EvalConfig, source: ModelSource, say: Callable[[str], None]):
+        self.cfg, self.source, self.say = cfg, source, say
+        self.tuned, self.tokenizer = load_source(source, device=cfg.device, dtype=cfg.dtype,
+                                                 quantization=cfg.quantization)
+        self._base = None
+
+    @contextlib.contextmanager
+    def base(self):
+        if self.source.kind == "adapter" and self.cfg.base is None:
+            with gen.base_model_view(self.tuned) as model:
+                yield model
+            return
+        if self._base is None:
+            base_path = self.cfg.base or self.source.base
+            if base_path is None:
+                raise ConfigError(
+                    f"{self.source.given} does not record its base model, so --compare-base has nothing to compare with",
+                    hint="pass the base with --base MODEL",
+                )
+            self.say(f"loading base model {base_path}")
+            base_source = resolve_source(base_path)
+            # The tuned tokenizer renders the base's prompts too: a comparison must show both models
+            # the same tokens (training may have added the chat template the base lacked).
+            self._base, _ = load_source(base_source, device=self.cfg.device, dtype=self.cfg.dtype,
+                                        quantization="none" if self.cfg.quantization == "auto" else self.cfg.quantization,
+                                        tokenizer=self.tokenizer)
+        yield self._base
+
+
+def _evaluate(model, tokenizer, examples, cfg: EvalConfig, task: m.TaskSpec, label: str) -> dict[str, Any]:
+    generations = gen.generate(model, tokenizer, examples, cfg.generation, description=f"{label}: generating")
+    nlls = gen.assistant_nll(model, tokenizer, examples, cfg.generation.batch_size) if cfg.perplexity else None
+    outputs = [g.text for g in generations]
+    references = [ex.reference for ex in examples]
+    scores = m.score_examples(outputs, references, [g.num_tokens for g in generations],
+                              [g.stopped for g in generations], task)
+    corpus = m.corpus_metrics(outputs, references, scores, task, gen.perplexity(nlls) if nlls else None)
+    return {"outputs": outputs, "scores": scores, "metrics": corpus}
+
+
+def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the evaluation described by `cfg`; returns the metrics written to metrics.json."""
+    examples = gen.read_examples(cfg.data, cfg.limit)  # bad data fails before any model loads
+    source = resolve_source(cfg.model)
+    schema = m.load_schema(cfg.json_schema)
+    task = m.detect_task([ex.reference for ex in examples], json_fields=cfg.json_fields, labels=cfg.labels,
+                         schema=schema)
+    regression_examples = gen.read_examples(cfg.regression) if cfg.regression else None
+    if cfg.judge.url and not cfg.compare_base:
+        raise ConfigError("the LLM judge compares tuned and base answers, so it needs --compare-base",
+                          hint="add --compare-base, or drop --judge-url")
+    say(f"evaluating {source.display_name} ({source.kind}) on {len(examples)} examples from {cfg.data}")
+    models = _Models(cfg, source, say)
+    tokenizer = models.tokenizer
+
+    tuned = _evaluate(models.tuned, tokenizer, examples, cfg, task, "tuned")
+    base = None
+    if cfg.compare_base:
+        with models.base() as base_model:
+            base = _evaluate(base_model, tokenizer, examples, cfg, task, "base")
+
+    rows = compare.side_by_side(base["metrics"] if base else {}, tuned["metrics"])
+    result: dict[str, Any] = {
+        "model": source.display_name, "model_path": str(source.given), "kind": source.kind,
+        "base_model": cfg.base or source.base, "data": str(cfg.data), "examples": len(examples),
+        "task": {"kind": _kind(task), "primary": task.primary, "json_fields": task.json_fields,
+                 "labels": task.labels, "json_answers": task.json_answers, "schema": str(cfg.json_schema or "") or None},
+        "generation": cfg.generation.model_dump(),
+        "tuned": tuned["metrics"],
+    }
+    winners = None
+    if base is not None:
+        winners = [compare.winner(b, t, task) for b, t in zip(base["scores"], tuned["scores"])]
+        result["base"] = base["metrics"]
+        result["delta"] = {r.name: r.delta for r in rows if r.delta is not None}
+        result["win_rate"] = compare.win_rate(winners, task)
+
+    if cfg.judge.url:
+        from tunesmith.eval.judge import run_judge
+
+        say(f"asking judge {cfg.judge.model} at {cfg.judge.url} (both orders per pair)")
+        result["judge"] = run_judge(cfg.judge, [ex.prompt for ex in examples], [ex.reference for ex in examples],
+                                    tuned["outputs"], base["outputs"])
+
+    if regression_examples is not None:
+        reg_tuned = _evaluate(models.tuned, tokenizer, regression_examples, cfg, task, "regression set, tuned")
+        reg_base = None
+        if cfg.compare_base:
+            with models.base() as base_model:
+                reg_base = _evaluate(base_model, tokenizer, regression_examples, cfg, task, "regression set, base")
+        min_score = cfg.regression_min_score if cfg.regression_min_score is not None else task.pass_score
+        result["regression"] = compare.regressions(
+            [ex.prompt for ex in regression_examples], [ex.reference for ex in regression_examples],
+            reg_tuned["outputs"], reg_tuned["scores"], task, min_score,
+            base_outputs=reg_base["outputs"] if reg_base else None, base=reg_base["scores"] if reg_base else None)
+
+    if cfg.lm_eval_tasks:
+        from tunesmith.eval.harness import run_lm_eval
+
+        harness = {"tuned": run_lm_eval(models.tuned, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
+                                        batch_size=cfg.generation.batch_size)}
+        if cfg.compare_base:
+            with models.base() as base_model:
+                harness["base"] = run_lm_eval(base_model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
+                                              batch_size=cfg.generation.batch_size)
+        result["lm_eval"] = harness
+
+    samples = []
+    for i, ex in enumerate(examples):
+        sample: dict[str, Any] = {"index": ex.index, "prompt": ex.prompt, "reference": ex.reference,
+                                  "tuned_output": tuned["outputs"][i]}
+        scores = {"tuned": tuned["scores"][i].as_dict()}
+        if base is not None:
+            sample["base_output"] = base["outputs"][i]
+            scores["base"] = base["scores"][i].as_dict()
+            sample["winner"] = winners[i]
+        sample["scores"] = scores
+        samples.append(sample)
+    lengths = {"tuned": [s.num_tokens for s in tuned["scores"]]}
+    if base is not None:
+        lengths["base"] = [s.num_tokens for s in base["scores"]]
+    out = Path(cfg.out)
+    written = write_report(out, result, rows, samples, lengths)
+    inputs: dict[str, Any] = {"data": cfg.data}
+    if source.adapter is not None:
+        inputs["adapter"] = source.adapter.adapter_dir
+    elif Path(source.weights).is_dir():
+        inputs["model"] = source.weights
+    if cfg.regression:
+        inputs["regression"] = cfg.regression
+    write_stage_record(out, "eval", cfg, inputs=inputs, outputs=written, seed=cfg.generation.seed,
+                       extra={"model": source.given, "base_model": cfg.base or source.base})
+    return result
+
+
+__all__ = ["run"]
