@@ -559,8 +559,8 @@ class QuickstartConfig(StrictModel):
     steps: Optional[int] = Field(None, ge=1, description="training steps; default: 1 epoch, or "
                                  "default_model_steps for the embedded model")
     default_model_steps: int = Field(150, ge=1)
-    learning_rate: Optional[float] = Field(None, gt=0, description="default: 2e-3 for the embedded model, else 2e-4")
-    max_seq_len: int = Field(512, ge=64)
+    learning_rate: Optional[float] = Field(None, gt=0, description="default: 5e-3 for the embedded model, else 2e-4")
+    max_seq_len: int = Field(256, ge=64, description="the demo tickets fit in 256 tokens")
     eval_limit: Optional[int] = Field(120, ge=1, description="held-out examples to evaluate (None: all)")
     gguf_quant: Literal["f16", "q8_0", "q4_0"] = "q8_0"
     serve: bool = Field(True, description="start the server and ask the tuned adapter a question")

@@ -90,7 +90,7 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> dict[st
         "model": cfg.model.model_dump(), "data": str(out / "data"), "method": "lora",
         "output_dir": str(out / "train"),
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "train": {"learning_rate": cfg.learning_rate or (2e-3 if tiny else 2e-4), "micro_batch_size": 8,
+        "train": {"learning_rate": cfg.learning_rate or (5e-3 if tiny else 2e-4), "micro_batch_size": 16,
                   "max_seq_len": cfg.max_seq_len, "log_every": 10, "seed": cfg.seed,
                   **({"max_steps": steps, "eval_every": max(1, steps // 2)} if steps else {})},
     })
@@ -131,8 +131,8 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> dict[st
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {k: v for k, v in timings.items()},
         "train": {"steps": trained.steps, "final_loss": trained.final_loss, "best_val_loss": trained.best_val_loss},
-        "eval": metrics.get("comparison", metrics),
-        "merge": {k: merged[k] for k in merged if "parity" in k or "logit" in k},
+        "eval": {k: metrics.get(k) for k in ("examples", "base", "tuned", "delta", "win_rate")},
+        "merge": merged,
         "export": exported,
         "answer": answer,
     }
@@ -188,12 +188,12 @@ def _serve_and_ask(out: Path, base: str, say: Callable[[str], None]) -> str:
 
 
 def _summary_text(out: Path, metrics: dict[str, Any], answer: str | None, cfg: QuickstartConfig, seconds: float) -> str:
+    from tunesmith.eval.compare import side_by_side
     from tunesmith.eval.report import markdown_table
 
     lines = [f"finished in {seconds:.0f} s; everything is under {out}/", ""]
-    table = metrics.get("table_markdown") or markdown_table(metrics["rows"]) if "rows" in metrics else None
-    if table:
-        lines += ["base vs tuned on the held-out test set:", table, ""]
+    table = markdown_table(side_by_side(metrics.get("base", {}), metrics["tuned"]))
+    lines += [f"base vs tuned on {metrics['examples']} held-out tickets:", table, ""]
     gguf = next(iter(sorted((out / "export").glob("*.gguf"))), None)
     lines += [
         "artifacts:",

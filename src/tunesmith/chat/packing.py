@@ -138,10 +138,12 @@ class PackedRowsCollator:
     into one row of 4096 costs 8 times the attention work of 8 rows, so this layout is the fast
     one there, while varlen flash attention prefers `PackedCollator`. A row's padding forms a
     segment of its own (its positions restart at 0), so no real token attends to it, and it
-    carries no loss. Plain examples are accepted too and become one-segment rows.
+    carries no loss. Plain examples are accepted too and become one-segment rows. Widths are
+    rounded up to `pad_to_multiple_of`, so kernels see a few shapes rather than a new one per step.
     """
 
     pad_token_id: int
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows = []
@@ -154,6 +156,8 @@ class PackedRowsCollator:
                 positions, labels = list(range(len(ids))), [IGNORE_INDEX] + labels[1:]
             rows.append((ids, labels, positions))
         width = max(len(ids) for ids, _, _ in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch: dict[str, Any] = {
             "input_ids": torch.tensor([ids + [self.pad_token_id] * (width - len(ids)) for ids, _, _ in rows]),
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in rows]),

@@ -100,7 +100,7 @@ def _make_batch(features: list[dict[str, list[int]]], packed: bool, pad_id: int,
     elif flatten:
         tensors = PackedCollator(return_flash_attn_kwargs=True)(features)
     else:
-        tensors = PackedRowsCollator(pad_token_id=pad_id)(features)
+        tensors = PackedRowsCollator(pad_token_id=pad_id, pad_to_multiple_of=64)(features)
     trained = int((tensors["labels"][:, 1:] != IGNORE_INDEX).sum())
     return Batch(tensors=tensors, num_trained_tokens=trained)
 

@@ -159,8 +159,8 @@ def test_packed_rows_logits_equal_each_example_alone(attn):
     data = examples(lengths=(7, 12, 3, 9, 5, 14, 2))
     rows = pack_examples(data, 16)
     assert len(rows) > 2 and len({len(r["input_ids"]) for r in rows}) > 1  # real padding happens
-    batch = PackedRowsCollator(pad_token_id=0)(rows)
-    assert batch["input_ids"].shape[0] == len(rows) and "attention_mask" not in batch
+    batch = PackedRowsCollator(pad_token_id=0, pad_to_multiple_of=8)(rows)
+    assert batch["input_ids"].shape == (len(rows), 16) and "attention_mask" not in batch
     lengths = [len(e["input_ids"]) for e in data]
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits

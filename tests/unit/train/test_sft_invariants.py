@@ -123,15 +123,24 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_resume_after_sigkill_ends_with_identical_weights(make_config, tmp_path):
-    """Kill -9 mid-run, resume, and finish with the adapter an uninterrupted run produces."""
+    """Kill -9 mid-run, resume, and finish with the adapter an uninterrupted run produces.
+
+    All runs are subprocesses with the same environment: the comparison is bit for bit, so they
+    must use the same number of threads (float summation order)."""
     settings = ["train.max_steps=40", "train.save_every=5", "train.micro_batch_size=1", "train.packing=false",
                 "lora.dropout=0.1", "train.log_every=5"]
-    reference = sft.run(make_config(*settings))
+
+    def cli_args(cfg) -> list[str]:
+        return [a for s in [f"model={cfg.model.path}", f"data={cfg.data.path[0]}", f"output_dir={cfg.output_dir}",
+                            "train.max_seq_len=256", "train.learning_rate=1e-2", "lora.r=4", *settings]
+                for a in ("--set", s)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    reference = make_config(*settings)
+    done = subprocess.run(_cli(*cli_args(reference)), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
     cfg = make_config(*settings)
-    sets = [a for s in [f"model={cfg.model.path}", f"data={cfg.data.path[0]}", f"output_dir={cfg.output_dir}",
-                        "train.max_seq_len=256", "train.learning_rate=1e-2", "lora.r=4", *settings]
-            for a in ("--set", s)]
-    proc = subprocess.Popen(_cli(*sets), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cli(*cli_args(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     checkpoints = cfg.output_dir / "checkpoints"
     deadline = time.time() + 180
     while latest_checkpoint(checkpoints) is None and proc.poll() is None and time.time() < deadline:
@@ -144,7 +153,8 @@ def test_resume_after_sigkill_ends_with_identical_weights(make_config, tmp_path)
     # Debris a crash can leave must never be taken for a checkpoint.
     (checkpoints / ".tmp-step-0000039").mkdir()
     (checkpoints / "step-0000038").mkdir()
-    resumed = subprocess.run(_cli(*sets, "--resume", "latest"), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli(*cli_args(cfg), "--resume", "latest"), capture_output=True, text=True,
+                             timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed_at}" in resumed.stderr
     assert_same_weights(adapter_weights(reference.output_dir), adapter_weights(cfg.output_dir), atol=0)
