@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "tickets" / "train.jsonl"
 
 
-def _tokenized(model: str, n: int):
+def _tokenized(model: str, n: int, max_seq_len: int):
     from tunesmith.config import ModelConfig, TrainSettings
     from tunesmith.models.loading import load_tokenizer
     from tunesmith.train.batching import tokenize_rows
@@ -36,7 +36,7 @@ def _tokenized(model: str, n: int):
 
     tokenizer = load_tokenizer(ModelConfig(path=model))
     rows = read_jsonl(DATA)[:n]
-    return tokenizer, tokenize_rows(rows, tokenizer, TrainSettings(max_seq_len=512), "bench")
+    return tokenizer, tokenize_rows(rows, tokenizer, TrainSettings(max_seq_len=max_seq_len), "bench")
 
 
 def run_baseline(args) -> dict:
@@ -47,7 +47,7 @@ def run_baseline(args) -> dict:
     from tunesmith.config import ModelConfig
     from tunesmith.models.loading import load_model
 
-    tokenizer, data = _tokenized(args.model, args.examples)
+    tokenizer, data = _tokenized(args.model, args.examples, args.max_seq_len)
     model = get_peft_model(load_model(ModelConfig(path=args.model)),
                            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                       task_type="CAUSAL_LM"))
@@ -62,7 +62,7 @@ def run_baseline(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=args.micro_batch_size, max_steps=args.steps,
-            learning_rate=2e-4, lr_scheduler_type="cosine", warmup_ratio=0.03, logging_steps=10,
+            learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10,
             save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=42,
         )
@@ -85,7 +85,7 @@ def run_tunesmith(args) -> dict:
         cfg = load_config(TrainConfig, None, [
             f"model={args.model}", f"data={prepared}", f"output_dir={Path(tmp) / 'run'}",
             f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch_size}",
-            "train.max_seq_len=512", "train.log_every=1", "train.learning_rate=2e-4",
+            f"train.max_seq_len={args.max_seq_len}", "train.log_every=1", "train.learning_rate=2e-4",
         ])
         sft.run(cfg)
         records = [json.loads(x) for x in (cfg.output_dir / "metrics.jsonl").read_text().splitlines()]
@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--examples", type=int, default=2400)
+    ap.add_argument("--max-seq-len", type=int, default=256,
+                    help="example cut-off for both, and tunesmith's packed row length: with the demo data "
+                         "(examples up to ~250 tokens) a micro-batch then holds about as many tokens in both recipes")
     ap.add_argument("--variant", choices=["baseline", "tunesmith"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
@@ -120,6 +123,7 @@ def main() -> None:
     results = {}
     for variant in ("baseline", "tunesmith"):
         cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--steps", str(args.steps),
+               "--max-seq-len", str(args.max_seq_len),
                "--micro-batch-size", str(args.micro_batch_size), "--examples", str(args.examples)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -129,7 +133,8 @@ def main() -> None:
         r["tokens_per_s"] = r["trained_tokens"] / r["seconds"]
         results[variant] = r
     b, t = results["baseline"], results["tunesmith"]
-    print(f"model {args.model}, {args.steps} steps, micro-batch {args.micro_batch_size}, LoRA r=16 all-linear")
+    print(f"model {args.model}, {args.steps} steps, micro-batch {args.micro_batch_size}, max_seq_len {args.max_seq_len}, "
+          "LoRA r=16 all-linear")
     print(f"{'':<11}{'trained tok/s':>14}{'trained tokens':>16}{'loop s':>9}{'peak RSS MB':>13}")
     for name, r in results.items():
         print(f"{name:<11}{r['tokens_per_s']:>14.0f}{r['trained_tokens']:>16}{r['seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}")
