@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 from serve_helpers import LiveServer, build_adapter
 
 from tunesmith.config import ServeConfig
+from tuned_helpers import one_thread
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clients" / "dotnet"
 KEY = "dotnet-test-key"
@@ -33,27 +33,28 @@ def client_exe(tmp_path_factory) -> Path:
     return out
 
 
-def test_csharp_client_gets_the_same_answers_as_the_python_sdk(client_exe, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    adapter = build_adapter(tmp_path / "support", seed=11)
-    try:
-        with LiveServer(ServeConfig(adapters={"support": str(adapter)}, api_key=KEY, log_level="critical")) as live:
-            result = subprocess.run(["mono", str(client_exe), live.url, "support"], capture_output=True, text=True,
-                                    timeout=120, env={**os.environ, "TUNESMITH_API_KEY": KEY})
-            assert result.returncode == 0, result.stdout + result.stderr
-            expected_generate = httpx.post(live.url + "/generate", headers={"Authorization": f"Bearer {KEY}"},
-                                           json={"prompt": "What does json.dumps do?", "model": "support",
-                                                 "max_tokens": 16}).json()["response"]
-            sdk = openai.OpenAI(base_url=live.url + "/v1", api_key=KEY, max_retries=0)
-            expected_chat = sdk.chat.completions.create(
-                model="support", max_tokens=16, temperature=0,
-                messages=[{"role": "system", "content": "You answer questions about Python."},
-                          {"role": "user", "content": "How do I sort a list?"}]).choices[0].message.content
-            assert result.stdout == f"generate: {expected_generate}\nchat: {expected_chat}\n"
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    with one_thread():
+        yield
 
-            unauthorised = subprocess.run(["mono", str(client_exe), live.url, "support"], capture_output=True,
-                                          text=True, timeout=120, env={**os.environ, "TUNESMITH_API_KEY": "wrong"})
-            assert unauthorised.returncode == 1 and "invalid_api_key" in unauthorised.stderr
-    finally:
-        torch.set_num_threads(threads)
+
+def test_csharp_client_gets_the_same_answers_as_the_python_sdk(client_exe, tmp_path):
+    adapter = build_adapter(tmp_path / "support", seed=11)
+    with LiveServer(ServeConfig(adapters={"support": str(adapter)}, api_key=KEY, log_level="critical")) as live:
+        result = subprocess.run(["mono", str(client_exe), live.url, "support"], capture_output=True, text=True,
+                                timeout=120, env={**os.environ, "TUNESMITH_API_KEY": KEY})
+        assert result.returncode == 0, result.stdout + result.stderr
+        expected_generate = httpx.post(live.url + "/generate", headers={"Authorization": f"Bearer {KEY}"},
+                                       json={"prompt": "What does json.dumps do?", "model": "support",
+                                             "max_tokens": 16}).json()["response"]
+        sdk = openai.OpenAI(base_url=live.url + "/v1", api_key=KEY, max_retries=0)
+        expected_chat = sdk.chat.completions.create(
+            model="support", max_tokens=16, temperature=0,
+            messages=[{"role": "system", "content": "You answer questions about Python."},
+                      {"role": "user", "content": "How do I sort a list?"}]).choices[0].message.content
+        assert result.stdout == f"generate: {expected_generate}\nchat: {expected_chat}\n"
+
+        unauthorised = subprocess.run(["mono", str(client_exe), live.url, "support"], capture_output=True,
+                                      text=True, timeout=120, env={**os.environ, "TUNESMITH_API_KEY": "wrong"})
+        assert unauthorised.returncode == 1 and "invalid_api_key" in unauthorised.stderr

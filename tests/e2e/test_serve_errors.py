@@ -8,10 +8,10 @@ import concurrent.futures
 import httpx
 import openai
 import pytest
-import torch
 from serve_helpers import QUESTIONS, LiveServer, adapter_root, wait_for
 
 from tunesmith.config import ServeConfig
+from tuned_helpers import one_thread
 
 KEY = "test-key-51c9"
 BASE = "tunesmith-demo-4m"
@@ -24,10 +24,8 @@ ROUTES = [("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/chat/complet
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

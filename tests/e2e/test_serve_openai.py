@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 from serve_helpers import QUESTIONS, LiveServer, adapter_root, metric, wait_for
 
 from tunesmith.config import ServeConfig
+from tuned_helpers import one_thread
 
 KEY = "test-key-7f3a"
 BASE = "tunesmith-demo-4m"
@@ -24,10 +24,8 @@ GREEDY = {"temperature": 0, "max_tokens": 12}
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on a shared CPU: a second thread only waits at barriers
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,7 @@ def load_training_data(cfg: TrainConfig, out: Path, dist) -> TrainingData:
                         prepared_here=directory == out / "data")
 
 
-def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path):
+def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path) -> None:
     """Run the data stage on raw files: validation, cleaning, dedup and a train/val split."""
     from tunesmith.config import DataPrepareConfig
     from tunesmith.data import prepare
@@ -88,5 +88,4 @@ def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path):
         split={"train": 1.0 - cfg.data.val_ratio, "val": cfg.data.val_ratio, "test": 0.0},
         seed=cfg.train.seed,
     )
-    result = prepare.run(prep)
-    return result
+    prepare.run(prep)

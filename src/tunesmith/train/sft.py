@@ -15,6 +15,7 @@ Read top to bottom, one run does:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -313,18 +314,10 @@ def _autocast(cfg: TrainConfig, dist: Dist):
     return torch.autocast("cpu", enabled=False)
 
 
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _maybe_no_sync(model, sync: bool):
     if not sync and hasattr(model, "no_sync"):
         return model.no_sync()
-    return _NullContext()
+    return contextlib.nullcontext()
 
 
 def _printer(console, dist: Dist):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from chat_helpers import Family, build_families
+from tuned_helpers import one_thread
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,5 @@ def family(request, families) -> Family:
 def one_torch_thread():
     """The models here are tiny: a second thread only adds synchronisation, which costs seconds
     per test when the CPU is shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield

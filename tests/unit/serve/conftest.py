@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from serve_helpers import build_adapter
+from tuned_helpers import one_thread
 
 
 @pytest.fixture(scope="session")
@@ -16,9 +17,5 @@ def adapter_dirs(tmp_path_factory) -> dict[str, str]:
 def one_torch_thread():
     """The model is tiny: on a CPU shared with other work a second intra-op thread mostly waits
     at barriers, which makes every decode step several times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
