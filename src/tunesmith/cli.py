@@ -512,6 +512,11 @@ def quickstart(
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: user errors print cleanly and exit 2."""
+    if not sys.stderr.isatty():
+        # Per-file "Loading weights" bars are noise in logs and CI output; tunesmith reports
+        # its own progress for long work.
+        # (transformers reads this variable when it is first imported).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app(args=argv, prog_name="tunesmith")
     except TunesmithError as exc:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.models.loading import PICKLE_SUFFIXES
+from tunesmith.models.loading import PICKLE_SUFFIXES, weights_fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -99,6 +100,39 @@ def find_adapter(path: str | Path, *, allow_pickle: bool = False) -> AdapterInfo
                          hint="set base_model_name_or_path in adapter_config.json")
     return AdapterInfo(adapter_dir=adapter_dir, run_dir=run_dir, base_model=str(base),
                        peft_config=peft_config, manifest=manifest)
+
+
+def check_base_weights(info: AdapterInfo, base_path: str, *, hint: str) -> None:
+    """Refuse an adapter whose training run recorded other base weights than those at `base_path`.
+
+    The run's manifest keeps the SHA-256 of the base's safetensors; a base directory that was
+    re-downloaded at another revision or overwritten under the same name would otherwise load
+    without complaint and give an adapter the wrong weights to sit on.
+    """
+    recorded = (info.manifest.get("base_model") or {}).get("weights_sha256")
+    if not recorded:
+        return
+    found = _fingerprint(base_path)
+    if found is None or found == recorded:
+        return
+    raise ModelError(
+        f"adapter {info.adapter_dir} was trained on other weights than the base model now at {base_path} "
+        f"(recorded sha256 {recorded[:12]}…, found {found[:12]}…)",
+        hint=hint,
+    )
+
+
+def _fingerprint(base_path: str) -> str | None:
+    local = Path(base_path)
+    if not local.is_dir():
+        return None
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(local.glob("*.safetensors")))
+    return _fingerprint_cached(str(local.resolve()), stamp)
+
+
+@lru_cache(maxsize=8)
+def _fingerprint_cached(path: str, stamp: tuple) -> str | None:
+    return weights_fingerprint(path)
 
 
 def check_adapter_fits(info: AdapterInfo, model) -> None:

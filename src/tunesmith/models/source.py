@@ -18,7 +18,7 @@ import yaml
 
 from tunesmith.config import ModelConfig
 from tunesmith.errors import ConfigError, ModelError
-from tunesmith.models.adapters import AdapterInfo, find_adapter, is_adapter_dir, is_run_dir
+from tunesmith.models.adapters import AdapterInfo, check_base_weights, find_adapter, is_adapter_dir, is_run_dir
 from tunesmith.models.loading import resolve_model_path
 
 Kind = Literal["adapter", "full", "model"]
@@ -109,6 +109,9 @@ def resolve_source(given: str | Path, *, base: str | None = None, allow_pickle: 
         info = find_adapter(path, allow_pickle=allow_pickle)
         run_dir = info.run_dir
         base_path = resolve_model_path(base or info.base_model)
+        if base is None:  # a base given explicitly is the user's call
+            check_base_weights(info, base_path, hint="use the base model the adapter was trained on, or name the "
+                               "base explicitly (--base) if these are the same weights saved anew")
         tokenizer_path = str(info.adapter_dir) if info.has_tokenizer else base_path
         return ModelSource(
             kind="adapter", given=text, weights=base_path, tokenizer_path=tokenizer_path, base=base_path,

@@ -22,7 +22,13 @@ from typing import Any, Optional
 
 from tunesmith.config import ADAPTER_NAME_PATTERN
 from tunesmith.errors import ModelError, ServeError
-from tunesmith.models.adapters import ADAPTER_WEIGHTS, AdapterInfo, check_adapter_fits, find_adapter
+from tunesmith.models.adapters import (
+    ADAPTER_WEIGHTS,
+    AdapterInfo,
+    check_adapter_fits,
+    check_base_weights,
+    find_adapter,
+)
 from tunesmith.models.loading import resolve_model_path
 
 _NAME = re.compile(ADAPTER_NAME_PATTERN)
@@ -121,6 +127,13 @@ def prepare_adapter(name: str, path: str | Path, *, base_target: Target, served_
             f"adapter {name!r} was trained on {info.base_model}, but this server runs {served_model}",
             hint="serve it with that base model, or set allow_base_mismatch: true if they are the same weights",
         )
+    if not allow_base_mismatch:
+        try:
+            served_path = resolve_model_path(served_model)
+        except ModelError:
+            served_path = served_model
+        check_base_weights(info, served_path,
+                           hint="serve it with the base it was trained on, or set allow_base_mismatch: true")
     config = info.peft_config
     ranks = [info.rank, *[int(r) for r in (config.get("rank_pattern") or {}).values()]]
     if min(ranks) < 1 or max(ranks) > max_rank:

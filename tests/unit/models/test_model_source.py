@@ -60,3 +60,26 @@ def test_a_folder_that_is_no_model_is_a_user_error(tmp_path):
     assert "adapter/" in info.value.hint
     with pytest.raises(ModelError, match="not found"):
         resolve_source(tmp_path / "missing" / "run")
+
+
+def test_an_adapter_on_changed_base_weights_is_refused_unless_the_base_is_named(tmp_path):
+    import shutil
+
+    from tunesmith.models.loading import weights_fingerprint
+
+    base = tmp_path / "base"
+    shutil.copytree(default_model_path(), base)
+    run = tmp_path / "run"
+    _adapter(run / "adapter", base=str(base))
+    recorded = {"method": "lora", "base_model": {"path": str(base), "weights_sha256": weights_fingerprint(str(base))}}
+    (run / "manifest.json").write_text(json.dumps(recorded))
+    assert resolve_source(run).base == str(base)
+
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the same file name and size, other weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="trained on other weights") as info:
+        resolve_source(run)
+    assert "--base" in info.value.hint
+    assert resolve_source(run, base=str(base)).base == str(base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -171,3 +172,19 @@ def test_least_recently_used_unpinned_adapter_is_evicted_and_reloads_identically
     registry.release("a2")
     assert registry.loaded_names() == []
     assert not isinstance(registry.model, PeftModel)  # back to the plain base model
+
+
+def test_adapters_whose_run_recorded_other_base_weights_are_refused(tmp_path, base_target):
+    from tunesmith.models.loading import weights_fingerprint
+
+    run = write_run_dir(tmp_path / "run", seed=5)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["base_model"]["weights_sha256"] = weights_fingerprint(str(default_model_path()))
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert _prepare("same", run, base_target).name == "same"
+    manifest["base_model"]["weights_sha256"] = "0" * 64
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="trained on other weights") as info:
+        _prepare("changed", run, base_target)
+    assert "allow_base_mismatch" in info.value.hint
+    assert _prepare("changed", run, base_target, allow_base_mismatch=True).name == "changed"
