@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	# torch first and pinned: the CPU build, not a multi-GB CUDA download.
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt torch
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	# DeepSpeed's build imports torch, so it installs against the venv's torch (no compiled ops:
+	# the ZeRO-3 tests run on CPU).
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt setuptools
+	$(BIN)/python -m pip install --quiet --no-build-isolation -c requirements/constraints.txt deepspeed
 	touch $(STAMP)
 
 install: $(STAMP)

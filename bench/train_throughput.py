@@ -4,11 +4,12 @@
 
 (a) baseline: transformers `Trainer` + peft LoRA, batches padded to their longest example
     (`DataCollatorForSeq2Seq`), no packing — what the guides show;
-(b) tunesmith: `tunesmith.train.sft.run` with its defaults (packed rows).
+(b) tunesmith: `tunesmith.train.sft.run` with its defaults (packed rows, the output head
+    run only at positions whose next token carries loss, cheap-mask LoRA dropout on CPU).
 Both train the same model with the same LoRA config, learning rate, micro-batch size, number
-of optimiser steps and the same tokenised examples with the same loss masks, so the only
-difference is how batches are built. Each runs in its own process so its peak memory (max RSS)
-is its own. Reported: trained tokens/s (tokens that carry loss, timed over the training loop
+of optimiser steps and the same tokenised examples with the same loss masks, so the
+difference is how tunesmith builds batches and computes the loss, not what is learned. Each
+runs in its own process so its peak memory (max RSS) is its own. Reported: trained tokens/s (tokens that carry loss, timed over the training loop
 only) and peak memory, and the ratios tunesmith / baseline.
 """
 

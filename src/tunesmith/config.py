@@ -368,6 +368,14 @@ class TrainSettings(StrictModel):
     early_stopping_patience: Optional[int] = Field(None, ge=1)
     skip_nonfinite_steps: bool = Field(False, description="skip NaN/inf steps instead of stopping")
     report_to: list[Literal["none", "tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["none"])
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed_zero3"] = Field(
+        "auto", description="with several processes: auto = what `accelerate launch` asks for, else ddp")
+    fsdp_wrap: Literal["layer", "model"] = Field(
+        "layer", description="fsdp: shard each decoder layer as its own unit (layer) or the model as one (model)")
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters, gradients and optimiser "
+                                   "state in CPU memory (GPU only)")
+    zero3_offload_optimizer: bool = Field(False, description="deepspeed_zero3: optimiser state in CPU memory")
+    zero3_offload_params: bool = Field(False, description="deepspeed_zero3: parameters in CPU memory")
 
 
 class TrainConfig(StrictModel):

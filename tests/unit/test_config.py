@@ -115,3 +115,16 @@ def test_model_shorthand_and_print_config_roundtrip(tmp_path):
 def test_demo_config_bounds():
     with pytest.raises(ConfigError, match="train_size"):
         load_config(DemoDataConfig, None, ["train_size=0"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples/configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_train_configs_load(path):
+    """Every shipped train config validates, as `tunesmith train CONFIG --print-config` does."""
+    from tunesmith.config import TrainConfig, load_config
+
+    cfg = load_config(TrainConfig, path, [])
+    if path.name.startswith("multi-gpu-"):
+        expected = {"multi-gpu-ddp.yaml": "auto", "multi-gpu-fsdp.yaml": "fsdp",
+                    "multi-gpu-deepspeed-zero3.yaml": "deepspeed_zero3"}[path.name]
+        assert cfg.train.distributed == expected

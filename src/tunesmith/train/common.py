@@ -17,6 +17,7 @@ import torch
 
 from tunesmith.config import LoraSettings, TrainConfig, TrainSettings
 from tunesmith.errors import TrainingError
+from tunesmith.train.dropout import use_cheap_dropout
 from tunesmith.manifest import atomic_write_text
 
 CHECKPOINT_PREFIX = "step-"
@@ -125,10 +126,12 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
         ensure_weight_tying=bool(tied_embeddings and modules_to_save),
     )
     try:
-        return get_peft_model(model, peft_config)
+        model = get_peft_model(model, peft_config)
     except ValueError as exc:
         raise TrainingError(f"cannot attach LoRA adapters: {exc}",
                             hint="check lora.target_modules against the model's module names") from None
+    use_cheap_dropout(model)
+    return model
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -205,14 +208,18 @@ def _restore_rng(state: dict[str, Any], torch_state: torch.Tensor) -> None:
     torch.set_rng_state(torch_state)
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, Any], dist: Dist, keep: int) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, Any], dist: Dist, keep: int,
+                    sharding=None) -> Path:
     """Write checkpoint `step` atomically: a temporary directory renamed into place once complete.
 
     A crash at any moment leaves either the previous checkpoints or a complete new one; a
-    leftover temporary directory is never picked up by `latest_checkpoint`.
+    leftover temporary directory is never picked up by `latest_checkpoint`. With a sharded
+    strategy (`tunesmith.train.distributed`) the weights and optimiser state are gathered to
+    full tensors first, so the files look like a single-process run's.
     """
     from safetensors.torch import save_file
 
+    sharding = sharding or _plain_sharding(dist)
     final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
     if dist.is_main:
@@ -222,11 +229,19 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, An
     rank = dist.rank
     save_file({"state": torch.get_rng_state()}, str(tmp / f"torch_rng-rank{rank}.safetensors"))
     atomic_write_text(tmp / f"rng-rank{rank}.json", json.dumps(_rng_state()))
+    if sharding.collective_state or dist.is_main:
+        weights = sharding.trainable_state(model)
+        optim = sharding.optimizer_state(model, optimizer)
+    if sharding.per_rank_optimizer:
+        torch.save(optim, tmp / f"optimizer-rank{rank}.pt")
     if dist.is_main:
-        weights = {k: v.contiguous() for k, v in trainable_state(model).items()}
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
+        if not sharding.per_rank_optimizer:
+            torch.save(optim, tmp / "optimizer.pt")
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
+        atomic_write_text(tmp / "sharding.json", json.dumps(
+            {"strategy": sharding.name, "optimizer_format": sharding.optimizer_format,
+             "world_size": dist.world_size}))
     dist.barrier()
     if dist.is_main:
         _fsync_dir_files(tmp)
@@ -236,6 +251,12 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, An
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _plain_sharding(dist: Dist):
+    from tunesmith.train.distributed import Sharding
+
+    return Sharding(None, dist)
 
 
 def _fsync_dir_files(directory: Path) -> None:
@@ -257,15 +278,33 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, dist: Dist) -> dict[str, Any]:
+def load_checkpoint(path: Path, model, optimizer, dist: Dist, sharding=None) -> dict[str, Any]:
     """Restore weights, optimiser, RNG state; return the trainer state (step, data position...)."""
     from safetensors.torch import load_file
 
+    sharding = sharding or _plain_sharding(dist)
     if not (path / COMPLETE_MARKER).is_file():
         raise TrainingError(f"{path} is not a complete checkpoint", hint="pass a checkpoints/step-* directory")
-    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
+    sharding.check_resumable()
+    written = json.loads((path / "sharding.json").read_text()) if (path / "sharding.json").is_file() else \
+        {"strategy": "none or ddp", "optimizer_format": "torch", "world_size": None}
+    if written["optimizer_format"] != sharding.optimizer_format:
+        raise TrainingError(
+            f"{path} was written by a {written['strategy']} run and this run uses {sharding.name}",
+            hint="resume with the train.distributed setting (and launcher) the run started with")
+    if sharding.per_rank_optimizer and written["world_size"] != dist.world_size:
+        raise TrainingError(
+            f"{path} holds optimiser partitions of {written['world_size']} processes; this run has {dist.world_size}",
+            hint=f"resume with {written['world_size']} processes")
+    # Weights first, then the optimiser: ZeRO-3's optimiser state holds the exact fp32 master
+    # weights and must be restored last (see DeepSpeedZero3.load_trainable_state).
+    sharding.load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
     # The optimiser state is our own file, loaded with weights_only so no code can run.
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if sharding.per_rank_optimizer:
+        optim = sharding.read_optimizer_file(path / f"optimizer-rank{dist.rank}.pt")
+    else:
+        optim = sharding.read_optimizer_file(path / "optimizer.pt")
+    sharding.load_optimizer_state(model, optimizer, optim)
     rank_file = path / f"rng-rank{dist.rank}.json"
     if rank_file.is_file():
         rng = json.loads(rank_file.read_text())

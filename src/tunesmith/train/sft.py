@@ -15,7 +15,6 @@ Read top to bottom, one run does:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -32,7 +31,7 @@ from tunesmith.config import TrainConfig
 from tunesmith.errors import TrainingError
 from tunesmith.manifest import sha256_file, write_stage_record
 from tunesmith.models.loading import load_model, load_tokenizer, resolve_model_path, weights_fingerprint
-from tunesmith.train import batching
+from tunesmith.train import batching, distributed
 from tunesmith.train.common import (
     Dist,
     MetricsLog,
@@ -46,10 +45,9 @@ from tunesmith.train.common import (
     save_checkpoint,
     seed_everything,
     setup_distributed,
-    trainable_state,
-    load_trainable_state,
 )
 from tunesmith.train.data import load_training_data
+from tunesmith.train.loss import causal_lm_loss
 from tunesmith.train.progress import Progress
 
 
@@ -81,7 +79,8 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
 
     # 3. model
     tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, device=dist.device)
+    sharding = distributed.for_run(cfg, dist)
+    model = load_model(cfg.model, device=sharding.load_device)
     setup = prepare_chat_model(tokenizer, model)
     model = apply_method(model, cfg, extra_modules_to_save=setup.modules_to_save,
                          tied_embeddings=setup.tied_embeddings)
@@ -105,14 +104,14 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
         f"gradient accumulation {cfg.train.gradient_accumulation_steps}, {dist.world_size} process(es)")
 
     # 5. train
-    optimizer = build_optimizer(cfg.train, model)
     if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if dist.device.startswith("cuda") else None)
+        say(f"distributed: {sharding.describe()}")
+    model = sharding.wrap(model)  # before the optimiser: FSDP replaces the parameters with shards
+    model, optimizer = sharding.wrap_optimizer(model, build_optimizer(cfg.train, model))
     state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best_step": None, "bad_evals": 0,
                              "skipped_steps": [], "trained_tokens": 0}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, dist)
+        state = load_checkpoint(resume_from, model, optimizer, dist, sharding)
         say(f"resumed from {resume_from} at step {state['step']}")
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -145,12 +144,11 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
                 # trained tokens of the whole step (all micro-batches, all ranks), so the update
                 # equals the one a single large batch would make. DDP averages gradients over
                 # ranks, hence the factor world_size.
-                out_ = model(**batch.model_inputs(dist.device), num_items_in_batch=max(tokens, 1.0))
-                loss = out_.loss * dist.world_size
-            loss.backward()
-            loss_sum += out_.loss.item() * max(tokens, 1.0)
+                loss = causal_lm_loss(model, batch.model_inputs(dist.device), max(tokens, 1.0))
+            (loss * dist.world_size).backward()
+            loss_sum += loss.item() * max(tokens, 1.0)
         step_loss = dist.all_sum(loss_sum) / max(tokens, 1.0)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm).item()
+        grad_norm = sharding.clip_grad_norm(model, optimizer, cfg.train.max_grad_norm)
         lr = lr_at(step, total_steps, cfg.train)
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
@@ -169,7 +167,7 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
         else:
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.step()
+            sharding.step(model, optimizer)
             optimizer.zero_grad(set_to_none=True)
             last_loss = step_loss
         step += 1
@@ -196,28 +194,30 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
             if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
                 state.update(best_val_loss=val_loss, best_step=step, bad_evals=0)
                 if cfg.train.early_stopping_patience and cfg.method != "full":
-                    best_weights = trainable_state(model)
+                    best_weights = sharding.trainable_state(model)
             else:
                 state["bad_evals"] += 1
             model.train()
         if step % save_every == 0 or step == total_steps:
-            save_checkpoint(checkpoints, step, model, optimizer, state, dist, cfg.train.keep_checkpoints)
+            save_checkpoint(checkpoints, step, model, optimizer, state, dist, cfg.train.keep_checkpoints, sharding)
         if evaluated and cfg.train.early_stopping_patience and state["bad_evals"] >= cfg.train.early_stopping_patience:
             say(f"early stopping at step {step}: validation loss has not improved for "
                 f"{state['bad_evals']} evaluations (best {state['best_val_loss']:.4f} at step {state['best_step']})")
             if best_weights is not None:
-                load_trainable_state(model, best_weights)
+                sharding.load_trainable_state(model, best_weights)
             stopped_early = True
             break
     progress.close()
     metrics.close()
     if dist.enabled:
-        state["distributed"] = {"world_size": dist.world_size, "ranks_agree": ranks_agree(model, dist)}
+        state["distributed"] = {"world_size": dist.world_size, "strategy": sharding.name,
+                                "ranks_agree": sharding.ranks_agree(model)}
         if not state["distributed"]["ranks_agree"]:
             raise TrainingError("the processes of this distributed run ended with different weights",
                                 hint="this is a bug in the distributed setup; please report it with the config")
 
     # 6. outputs
+    sharding.save_pretrained(model, out / ("model" if cfg.method == "full" else "adapter"))  # every rank
     if dist.is_main:
         _save_outputs(cfg, model, tokenizer, out, data, state, trainable, total, stopped_early)
         say(f"saved {out / ('model' if cfg.method == 'full' else 'adapter')}; metrics in {out / 'metrics.jsonl'}")
@@ -226,17 +226,6 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
                        best_val_loss=state["best_val_loss"], trainable_parameters=trainable,
                        total_parameters=total, stopped_early=stopped_early,
                        skipped_steps=list(state["skipped_steps"]))
-
-
-@torch.no_grad()
-def ranks_agree(model, dist: Dist) -> bool:
-    """Whether every rank holds bit-identical trainable weights (DDP must keep them in sync)."""
-    values = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad])
-    digest = torch.tensor([values.sum().item(), (values * values).sum().item(), values.abs().max().item()],
-                          dtype=torch.float64, device=dist.device)
-    gathered = [torch.zeros_like(digest) for _ in range(dist.world_size)]
-    torch.distributed.all_gather(gathered, digest)
-    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 @torch.no_grad()
@@ -249,16 +238,15 @@ def evaluate(model, batches, dist: Dist, autocast) -> float:
         if n == 0:
             continue
         with autocast:
-            out = model(**batch.model_inputs(dist.device), num_items_in_batch=float(n))
-        total += out.loss.item() * n
+            loss = causal_lm_loss(model, batch.model_inputs(dist.device), float(n))
+        total += loss.item() * n
         tokens += n
     return dist.all_sum(total) / max(dist.all_sum(tokens), 1.0)
 
 
 def _save_outputs(cfg, model, tokenizer, out: Path, data, state, trainable: int, total: int, stopped_early: bool):
-    model = model.module if hasattr(model, "module") else model
-    target = out / ("model" if cfg.method == "full" else "adapter")
-    model.save_pretrained(target, safe_serialization=True)
+    model = distributed.unwrap(model)
+    target = out / ("model" if cfg.method == "full" else "adapter")  # weights written by sharding.save_pretrained
     tokenizer.save_pretrained(target)
     if cfg.method == "full" and getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(target)
@@ -315,9 +303,7 @@ def _autocast(cfg: TrainConfig, dist: Dist):
 
 
 def _maybe_no_sync(model, sync: bool):
-    if not sync and hasattr(model, "no_sync"):
-        return model.no_sync()
-    return contextlib.nullcontext()
+    return distributed.no_sync(model, sync)
 
 
 def _printer(console, dist: Dist):

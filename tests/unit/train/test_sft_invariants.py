@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from tunesmith.errors import TrainingError
-from tunesmith.train import sft
+from tunesmith.train import distributed, sft
 from tunesmith.train.batching import BatchPlan, tokenize_rows
-from tunesmith.train.common import Dist, latest_checkpoint, lr_at
+from tunesmith.train.common import Dist, latest_checkpoint, load_checkpoint, lr_at
 from tunesmith.train.data import read_jsonl
 
 
@@ -234,26 +235,105 @@ def test_outputs_and_manifest(make_config):
     assert any("val_loss" in r for r in records)
 
 
+DISTRIBUTED_SETTINGS = ["train.micro_batch_size=2", "train.packing=false", "lora.dropout=0", "train.log_every=1"]
+
+
+def _torchrun(cfg, settings: list[str], *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m tunesmith train` on CPU (gloo) with the run's settings."""
+    sets = [a for s in [f"model={cfg.model.path}", f"data={cfg.data.path[0]}", f"output_dir={cfg.output_dir}",
+                        "train.max_seq_len=256", "train.learning_rate=1e-2", "lora.r=4", *settings]
+            for a in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "tunesmith", "train", *sets, *flags],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _assert_matches_single_process(single: Path, multi: Path, atol: float = 1e-5) -> None:
+    # Summation order differs between ranks and one process, so allow float noise; a wrong
+    # token weighting moves weights by ~learning rate (1e-2) and shows in the gradient norm.
+    assert_same_weights(adapter_weights(single), adapter_weights(multi), atol=atol)
+    assert losses(multi) == pytest.approx(losses(single), abs=1e-5)
+    assert grad_norms(multi) == pytest.approx(grad_norms(single), rel=1e-4)
+
+
 def test_two_process_ddp_matches_single_process_and_only_rank0_writes(make_config):
     """torchrun with 2 CPU processes (gloo): the ranks agree, the result equals one process
     accumulating the same global batch, and outputs are written once."""
-    settings = ["train.max_steps=3", "train.micro_batch_size=2", "train.packing=false", "lora.dropout=0",
-                "train.log_every=1"]
+    settings = [*DISTRIBUTED_SETTINGS, "train.max_steps=3"]
     single = sft.run(make_config(*settings, "train.gradient_accumulation_steps=2"))
     cfg = make_config(*settings, "train.gradient_accumulation_steps=1")
-    sets = [a for s in [f"model={cfg.model.path}", f"data={cfg.data.path[0]}", f"output_dir={cfg.output_dir}",
-                        "train.max_seq_len=256", "train.learning_rate=1e-2", "lora.r=4", *settings,
-                        "train.gradient_accumulation_steps=1"] for a in ("--set", s)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tunesmith", "train", *sets],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = _torchrun(cfg, [*settings, "train.gradient_accumulation_steps=1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
-    assert manifest["distributed"] == {"world_size": 2, "ranks_agree": True}
+    assert manifest["distributed"] == {"world_size": 2, "strategy": "ddp", "ranks_agree": True}
     assert len(losses(cfg.output_dir)) == 3  # one record per step: only rank 0 logs
     assert proc.stderr.count("saved ") == 1 and proc.stdout.count("done: ") == 1
-    # Summation order differs between ranks and one process, so allow float noise; a wrong
-    # token weighting moves weights by ~learning rate (1e-2) and shows in the gradient norm.
-    assert_same_weights(adapter_weights(single.output_dir), adapter_weights(cfg.output_dir), atol=1e-5)
-    assert losses(cfg.output_dir) == pytest.approx(losses(single.output_dir), abs=1e-5)
-    assert grad_norms(cfg.output_dir) == pytest.approx(grad_norms(single.output_dir), rel=1e-4)
+    _assert_matches_single_process(single.output_dir, cfg.output_dir)
+
+
+def test_two_process_fsdp_matches_single_process_and_resumes_from_its_checkpoint(make_config, tiny_model):
+    """FSDP (fully_shard per decoder layer) with 2 CPU processes: the same update as one process
+    accumulating the global batch, a full adapter that PEFT loads, written once, and a run
+    resumed from the sharded run's checkpoint ends bit-identical to the uninterrupted one."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    settings = [*DISTRIBUTED_SETTINGS, "train.max_steps=4", "train.save_every=2"]
+    single = sft.run(make_config(*settings, "train.gradient_accumulation_steps=2"))
+    cfg = make_config(*settings, "train.gradient_accumulation_steps=1", "train.distributed=fsdp")
+    multi = [*settings, "train.gradient_accumulation_steps=1", "train.distributed=fsdp"]
+    proc = _torchrun(cfg, multi)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed: FSDP over 2 processes, sharding each decoder layer" in proc.stderr
+    manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
+    assert manifest["distributed"] == {"world_size": 2, "strategy": "fsdp", "ranks_agree": True}
+    assert len(losses(cfg.output_dir)) == 4 and proc.stderr.count("saved ") == 1
+    _assert_matches_single_process(single.output_dir, cfg.output_dir)
+    # The saved adapter is the whole (gathered) adapter, not rank 0's shard.
+    reference = adapter_weights(single.output_dir)
+    assert {k: v.shape for k, v in adapter_weights(cfg.output_dir).items()} == {k: v.shape for k, v in reference.items()}
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), cfg.output_dir / "adapter")
+    checkpoint = cfg.output_dir / "checkpoints" / "step-0000002"
+    assert json.loads((checkpoint / "sharding.json").read_text())["strategy"] == "fsdp"
+    # Resume a fresh run directory from the sharded run's step-2 checkpoint.
+    resumed = make_config(*settings)
+    (resumed.output_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(checkpoint, resumed.output_dir / "checkpoints" / checkpoint.name)
+    proc = _torchrun(resumed, multi, "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 2" in proc.stderr
+    assert_same_weights(adapter_weights(cfg.output_dir), adapter_weights(resumed.output_dir), atol=0)
+
+
+def test_two_process_deepspeed_zero3_matches_single_process_and_resumes_from_its_checkpoint(make_config):
+    """DeepSpeed ZeRO-3 on CPU (DS_ACCELERATOR=cpu, gloo), when deepspeed is installed: the same
+    update as one process, and a run resumed from its step-2 checkpoint (each rank's optimiser
+    partition) ends bit-identical to the uninterrupted one. Losing the AdamW moments on resume
+    moves the weights by ~1e-2 here, so atol=0 catches it."""
+    pytest.importorskip("deepspeed")
+    settings = [*DISTRIBUTED_SETTINGS, "train.max_steps=3", "train.save_every=2"]
+    multi = [*settings, "train.distributed=deepspeed_zero3"]
+    single = sft.run(make_config(*settings, "train.gradient_accumulation_steps=2"))
+    cfg = make_config(*settings)
+    proc = _torchrun(cfg, multi, env={"DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
+    assert manifest["distributed"] == {"world_size": 2, "strategy": "deepspeed_zero3", "ranks_agree": True}
+    assert proc.stderr.count("saved ") == 1
+    _assert_matches_single_process(single.output_dir, cfg.output_dir)
+    checkpoint = cfg.output_dir / "checkpoints" / "step-0000002"
+    assert json.loads((checkpoint / "sharding.json").read_text())["strategy"] == "deepspeed_zero3"
+    assert (checkpoint / "optimizer-rank0.pt").is_file() and (checkpoint / "optimizer-rank1.pt").is_file()
+    # The partitions resume only with the number of processes that wrote them (checked before
+    # anything is loaded).
+    one = Dist()
+    with pytest.raises(TrainingError, match="optimiser partitions of 2 processes; this run has 1"):
+        load_checkpoint(checkpoint, None, None, one, distributed.DeepSpeedZero3(cfg, one))
+    resumed = make_config(*settings)
+    (resumed.output_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(checkpoint, resumed.output_dir / "checkpoints" / checkpoint.name)
+    proc = _torchrun(resumed, multi, "--resume", "latest", env={"DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 2" in proc.stderr
+    assert_same_weights(adapter_weights(cfg.output_dir), adapter_weights(resumed.output_dir), atol=0)
