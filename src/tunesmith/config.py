@@ -217,8 +217,19 @@ def load_config(
 
 
 def config_to_yaml(cfg: BaseModel) -> str:
-    """The fully resolved config as YAML, defaults included, in declaration order."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The fully resolved config as YAML, defaults included, in declaration order.
+
+    Secrets (the server's API key) are written as null with a comment saying they were set, so
+    the output can be reused as a config without turning the key into a row of asterisks.
+    """
+    data = cfg.model_dump(mode="json")
+    hidden = [name for name, value in cfg if isinstance(value, SecretStr)]
+    for name in hidden:
+        data[name] = None
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    notes = "".join(f"# {name} is set but not shown; pass it again (e.g. through its environment variable)\n"
+                     for name in hidden)
+    return notes + text
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:

@@ -128,3 +128,16 @@ def test_example_train_configs_load(path):
         expected = {"multi-gpu-ddp.yaml": "auto", "multi-gpu-fsdp.yaml": "fsdp",
                     "multi-gpu-deepspeed-zero3.yaml": "deepspeed_zero3"}[path.name]
         assert cfg.train.distributed == expected
+
+
+def test_printed_config_hides_secrets_and_can_be_reused(tmp_path):
+    from tunesmith.config import ServeConfig
+
+    cfg = load_config(ServeConfig, None, [], {"api_key": "sk-secret-value"})
+    text = config_to_yaml(cfg)
+    assert "sk-secret-value" not in text and "****" not in text
+    assert text.startswith("# api_key is set but not shown")
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    assert load_config(ServeConfig, path, []).api_key is None
+    assert "# api_key" not in config_to_yaml(load_config(ServeConfig, None, []))
