@@ -8,6 +8,7 @@ arbitrary code when unpickled, so they are refused unless `allow_pickle` is set)
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,19 @@ def quantization_config(cfg: ModelConfig):
     )
 
 
-def load_model(cfg: ModelConfig, *, device: str | None = None):
-    """Load the causal LM described by `cfg` onto `device` (default: cuda if present, else cpu)."""
+def load_model(cfg: ModelConfig, *, device: str | None = None, compute_device: str | None = None):
+    """Load the causal LM described by `cfg` onto `device` (default: cuda if present, else cpu).
+
+    `compute_device` is where the model will run when that differs from where it loads (sharded
+    training loads on CPU and shards onto GPUs); `dtype: auto` is resolved for it.
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg.path)
     check_weights_are_safe(path, cfg.allow_pickle)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs = _hub_kwargs(cfg)
-    kwargs["dtype"] = resolve_dtype(cfg.dtype, device)
+    kwargs["dtype"] = resolve_dtype(cfg.dtype, compute_device or device)
     if not cfg.allow_pickle:
         kwargs["use_safetensors"] = True
     if cfg.attn_implementation != "auto":
@@ -139,13 +144,26 @@ def load_model(cfg: ModelConfig, *, device: str | None = None):
     return model
 
 
+def _loaded_weight_files(local: Path) -> list[Path]:
+    """The safetensors files transformers loads: the shards the index names, else all of them
+    (files such as Mistral's `consolidated.safetensors` beside an index are not loaded)."""
+    index = local / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            return sorted(local / n for n in names)
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+    return sorted(local.glob("*.safetensors"))
+
+
 def weights_fingerprint(path: str) -> str | None:
     """SHA-256 over a local model's safetensors files (name and content), for manifests."""
     local = Path(path)
     if not local.is_dir():
         return None
     digest = hashlib.sha256()
-    for file in sorted(local.glob("*.safetensors")):
+    for file in _loaded_weight_files(local):
         digest.update(file.name.encode())
         with open(file, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -90,7 +90,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] = (), tied_embeddings: bool = False):
+def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] = (), tied_embeddings: bool = False,
+                 device: str = "cpu"):
     """Wrap the base model for the configured method: LoRA / QLoRA adapters, or full fine-tuning."""
     settings: TrainSettings = cfg.train
     if settings.gradient_checkpointing:
@@ -130,7 +131,8 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
     except ValueError as exc:
         raise TrainingError(f"cannot attach LoRA adapters: {exc}",
                             hint="check lora.target_modules against the model's module names") from None
-    use_cheap_dropout(model)
+    if device.startswith("cpu"):  # on GPUs PEFT's fused dropout is already cheap
+        use_cheap_dropout(model)
     return model
 
 

@@ -2,8 +2,9 @@
 
 `sft.run` talks to one `Sharding` object and never to the strategy directly:
 
-- `load_device`: where the base model is loaded (sharded strategies load on CPU and shard
-  onto the GPUs, so a model larger than one GPU still loads);
+- `load_device`: where the base model is loaded (sharded strategies load it on CPU in every
+  process, then FSDP moves only each rank's shards to its GPU; DeepSpeed moves the whole model
+  to the GPU before partitioning it, so with ZeRO-3 the base must fit on one GPU at start);
 - `wrap(model)` then `wrap_optimizer(model, optimizer)`: DDP wraps the module; FSDP shards
   each decoder layer and the root (so the optimiser must be built after `wrap`); ZeRO-3 hands
   both to `deepspeed.initialize` and returns the engine;
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -281,8 +283,15 @@ class FSDP(Sharding):
         run's `optimizer.state_dict()`, so checkpoints move between 1 process, DDP and FSDP."""
         full_state = {}
         for p, values in ((p, optimizer.state[p]) for g in optimizer.param_groups for p in g["params"]):
-            full_state[p] = {k: _full(v).to("cpu").clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else v
-                             for k, v in values.items()}
+            gathered = {}
+            for k, v in values.items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    full = _full(v)  # a collective: every rank takes part, only rank 0 keeps a copy
+                    if self.dist.is_main:
+                        gathered[k] = full.to("cpu").clone()
+                else:
+                    gathered[k] = v
+            full_state[p] = gathered
         if not self.dist.is_main:
             return None
         state = optimizer.state_dict()
@@ -356,6 +365,11 @@ class DeepSpeedZero3(Sharding):
         if self.offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": self.dist.device.startswith("cuda")}
         dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if torch.float16 in dtypes:
+            raise TrainingError(
+                "train.distributed: deepspeed_zero3 with fp16 weights needs DeepSpeed's dynamic loss scaling, "
+                "which tunesmith's token-weighted backward pass does not go through",
+                hint="set model.dtype: bf16 (or fp32), or use train.distributed: fsdp")
         return {
             "train_micro_batch_size_per_gpu": s.micro_batch_size,
             # tunesmith accumulates itself (token-weighted); ZeRO-3 adds every backward into its
@@ -390,8 +404,12 @@ class DeepSpeedZero3(Sharding):
     def clip_grad_norm(self, model, optimizer, max_norm: float) -> float:
         # The norm of the partitioned gradients (a collective); the engine's step clips to
         # train.max_grad_norm (gradient_clipping in the DeepSpeed config).
-        norms = optimizer._get_norm_groups()
-        return float(torch.linalg.vector_norm(torch.stack(norms)).item())
+        norms = torch.stack([torch.as_tensor(n, dtype=torch.float64) for n in optimizer._get_norm_groups()])
+        # DeepSpeed reports a group whose norm is NaN/inf as -1: that is a non-finite norm, and
+        # the divergence guard must see it (the engine would silently skip the update).
+        if bool((norms < 0).any()):
+            return math.inf
+        return float(torch.linalg.vector_norm(norms).item())
 
     def step(self, model, optimizer) -> None:
         self.engine.step()

@@ -38,20 +38,44 @@ def causal_lm_loss(model, inputs: dict[str, Any], num_items: float) -> torch.Ten
     labels = inputs.pop("labels")
     keep = trained_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    out = model(**inputs, logits_to_keep=keep)
+    if _takes_boolean_logits_to_keep(model):
+        out = model(**inputs, logits_to_keep=keep)
+    else:
+        out = model(**inputs)
     logits = out.logits
-    if logits.dim() == 3:  # a model whose forward does not take a boolean logits_to_keep
+    if logits.dim() == 3:  # every position came back
         logits = logits[keep]
     loss = F.cross_entropy(logits.float(), targets, reduction="sum") / num_items
     aux = getattr(out, "aux_loss", None)
-    coef = getattr(getattr(_unwrap(model), "config", None), "router_aux_loss_coef", None)
+    coef = _aux_loss_coefficient(model)
     if aux is not None and coef:
         # Mixture-of-experts load balancing, weighted by this micro-batch's share of the step.
         loss = loss + coef * aux * (targets.numel() / num_items)
     return loss
 
 
-def _unwrap(model):
-    while hasattr(model, "module"):
+def _causal_lm(model):
+    """The transformers model inside DDP / DeepSpeed / PEFT wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
-    return model
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _takes_boolean_logits_to_keep(model) -> bool:
+    """transformers' own causal LMs slice hidden states with a boolean mask; remote code copied
+    from older releases indexes `hidden_states[:, logits_to_keep, :]`, which a mask breaks."""
+    owner = next((c for c in type(_causal_lm(model)).__mro__ if "forward" in c.__dict__), object)
+    return owner.__module__.startswith("transformers.models.")
+
+
+def _aux_loss_coefficient(model) -> float | None:
+    """The load-balancing weight the model itself adds to its loss (mixture-of-experts)."""
+    inner = _causal_lm(model)
+    for name in ("router_aux_loss_coef", "aux_loss_coef"):
+        value = getattr(inner, name, None)
+        if value is None:
+            value = getattr(getattr(inner, "config", None), name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None

@@ -80,10 +80,10 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
     # 3. model
     tokenizer = load_tokenizer(cfg.model)
     sharding = distributed.for_run(cfg, dist)
-    model = load_model(cfg.model, device=sharding.load_device)
+    model = load_model(cfg.model, device=sharding.load_device, compute_device=dist.device)
     setup = prepare_chat_model(tokenizer, model)
     model = apply_method(model, cfg, extra_modules_to_save=setup.modules_to_save,
-                         tied_embeddings=setup.tied_embeddings)
+                         tied_embeddings=setup.tied_embeddings, device=dist.device)
     trainable, total = count_parameters(model)
     say(f"model: {cfg.model.path} ({cfg.method}); trainable parameters {trainable:,} of {total:,} "
         f"({100 * trainable / max(total, 1):.2f}%)")
@@ -145,7 +145,7 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
                 # equals the one a single large batch would make. DDP averages gradients over
                 # ranks, hence the factor world_size.
                 loss = causal_lm_loss(model, batch.model_inputs(dist.device), max(tokens, 1.0))
-            (loss * dist.world_size).backward()
+            (loss * sharding.loss_scale).backward()
             loss_sum += loss.item() * max(tokens, 1.0)
         step_loss = dist.all_sum(loss_sum) / max(tokens, 1.0)
         grad_norm = sharding.clip_grad_norm(model, optimizer, cfg.train.max_grad_norm)

@@ -83,3 +83,19 @@ def test_an_adapter_on_changed_base_weights_is_refused_unless_the_base_is_named(
         resolve_source(run)
     assert "--base" in info.value.hint
     assert resolve_source(run, base=str(base)).base == str(base)
+
+
+def test_the_base_fingerprint_covers_only_the_shards_transformers_loads(tmp_path):
+    from tunesmith.models.loading import weights_fingerprint
+
+    base = tmp_path / "sharded"
+    base.mkdir()
+    (base / "model-00001-of-00002.safetensors").write_bytes(b"first shard")
+    (base / "model-00002-of-00002.safetensors").write_bytes(b"second shard")
+    (base / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    before = weights_fingerprint(str(base))
+    (base / "consolidated.safetensors").write_bytes(b"the same weights in another layout")
+    assert weights_fingerprint(str(base)) == before
+    (base / "model-00002-of-00002.safetensors").write_bytes(b"changed shard")
+    assert weights_fingerprint(str(base)) != before

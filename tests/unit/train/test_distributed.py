@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tunesmith.errors import TrainingError
 from tunesmith.train import distributed
@@ -39,3 +40,16 @@ def test_accelerate_offload_settings_are_honoured(make_config):
                                 {"ACCELERATE_USE_DEEPSPEED": "true",
                                  "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"})
     assert zero3.offload_optimizer and not zero3.offload_params
+
+
+def test_zero3_reports_a_nonfinite_gradient_norm_so_the_divergence_guard_fires():
+    from types import SimpleNamespace
+
+    from tunesmith.train.distributed import DeepSpeedZero3
+
+    sharding = DeepSpeedZero3(None, SimpleNamespace(world_size=2, rank=0, device="cpu", is_main=True))
+    healthy = SimpleNamespace(_get_norm_groups=lambda: [torch.tensor(3.0), torch.tensor(4.0)])
+    assert sharding.clip_grad_norm(None, healthy, 1.0) == pytest.approx(5.0)
+    # DeepSpeed writes -1 for a group whose norm was NaN or inf.
+    broken = SimpleNamespace(_get_norm_groups=lambda: [torch.tensor(-1.0), torch.tensor(4.0)])
+    assert sharding.clip_grad_norm(None, broken, 1.0) == float("inf")

@@ -60,17 +60,21 @@ def test_models_that_return_every_position_still_get_the_right_loss(tiny_model):
     batch = PaddedCollator(pad_token_id=0)(_examples(model.config.vocab_size))
     n = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
-    class IgnoresLogitsToKeep(nn.Module):
+    class RemoteCodeModel(nn.Module):
+        """Like remote code copied from an older transformers: a boolean mask would break it."""
+
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
-        def forward(self, logits_to_keep=None, **kwargs):
+        def forward(self, logits_to_keep=0, **kwargs):
+            if not isinstance(logits_to_keep, int):
+                raise IndexError("too many indices for tensor of dimension 3")
             return self.inner(**kwargs)
 
     with torch.no_grad():
         reference = model(**batch, num_items_in_batch=n).loss
-        ours = causal_lm_loss(IgnoresLogitsToKeep(model), batch, n)
+        ours = causal_lm_loss(RemoteCodeModel(model), batch, n)
     assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6)
 
 
