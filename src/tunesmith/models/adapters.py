@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.models.loading import PICKLE_SUFFIXES, weights_fingerprint
+from tunesmith.models.loading import PICKLE_SUFFIXES, weights_fingerprint, weights_stamp
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -109,10 +109,14 @@ def check_base_weights(info: AdapterInfo, base_path: str, *, hint: str) -> None:
     re-downloaded at another revision or overwritten under the same name would otherwise load
     without complaint and give an adapter the wrong weights to sit on.
     """
-    recorded = (info.manifest.get("base_model") or {}).get("weights_sha256")
+    base = info.manifest.get("base_model") or {}
+    recorded = base.get("weights_sha256")
     if not recorded:
         return
-    found = _fingerprint(base_path)
+    stamp = weights_stamp(base_path)
+    if stamp is not None and stamp == base.get("weights_stamp"):
+        return  # the very files training hashed, untouched since: no need to read them again
+    found = _fingerprint(base_path, stamp)
     if found is None or found == recorded:
         return
     raise ModelError(
@@ -122,12 +126,10 @@ def check_base_weights(info: AdapterInfo, base_path: str, *, hint: str) -> None:
     )
 
 
-def _fingerprint(base_path: str) -> str | None:
-    local = Path(base_path)
-    if not local.is_dir():
+def _fingerprint(base_path: str, stamp: list | None) -> str | None:
+    if stamp is None:
         return None
-    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(local.glob("*.safetensors")))
-    return _fingerprint_cached(str(local.resolve()), stamp)
+    return _fingerprint_cached(str(Path(base_path).resolve()), tuple(tuple(f) for f in stamp))
 
 
 @lru_cache(maxsize=8)

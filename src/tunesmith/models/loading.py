@@ -157,6 +157,15 @@ def _loaded_weight_files(local: Path) -> list[Path]:
     return sorted(local.glob("*.safetensors"))
 
 
+def weights_stamp(path: str) -> list[list[Any]] | None:
+    """[name, size, mtime_ns] of each weight file: unchanged stamps mean unchanged files, so a
+    later stage on the same machine can skip re-hashing a large base."""
+    local = Path(path)
+    if not local.is_dir():
+        return None
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in _loaded_weight_files(local)]
+
+
 def weights_fingerprint(path: str) -> str | None:
     """SHA-256 over a local model's safetensors files (name and content), for manifests."""
     local = Path(path)

@@ -30,7 +30,13 @@ from tunesmith.chat.tokens import prepare_chat_model
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TrainingError
 from tunesmith.manifest import sha256_file, write_stage_record
-from tunesmith.models.loading import load_model, load_tokenizer, resolve_model_path, weights_fingerprint
+from tunesmith.models.loading import (
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    weights_fingerprint,
+    weights_stamp,
+)
 from tunesmith.train import batching, distributed
 from tunesmith.train.common import (
     Dist,
@@ -262,7 +268,8 @@ def _save_outputs(cfg, model, tokenizer, out: Path, data, state, trainable: int,
         extra={
             "method": cfg.method,
             "base_model": {"path": base_path, "revision": cfg.model.revision,
-                           "weights_sha256": weights_fingerprint(base_path)},
+                           "weights_sha256": weights_fingerprint(base_path),
+                           "weights_stamp": weights_stamp(base_path)},
             "dataset_manifest_sha256": sha256_file(data.manifest) if data.manifest else None,
             "parameters": {"trainable": trainable, "total": total},
             "steps": state["step"],

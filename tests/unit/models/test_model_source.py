@@ -99,3 +99,30 @@ def test_the_base_fingerprint_covers_only_the_shards_transformers_loads(tmp_path
     assert weights_fingerprint(str(base)) == before
     (base / "model-00002-of-00002.safetensors").write_bytes(b"changed shard")
     assert weights_fingerprint(str(base)) != before
+
+
+def test_an_untouched_base_is_not_hashed_again(tmp_path, monkeypatch):
+    import shutil
+
+    from tunesmith.models import adapters
+    from tunesmith.models.loading import weights_fingerprint, weights_stamp
+
+    base = tmp_path / "base"
+    shutil.copytree(default_model_path(), base)
+    run = tmp_path / "run"
+    _adapter(run / "adapter", base=str(base))
+    (run / "manifest.json").write_text(json.dumps({"method": "lora", "base_model": {
+        "path": str(base), "weights_sha256": weights_fingerprint(str(base)), "weights_stamp": weights_stamp(str(base))}}))
+
+    def no_hashing(path):
+        raise AssertionError("an untouched base must not be hashed again")
+
+    monkeypatch.setattr(adapters, "weights_fingerprint", no_hashing)
+    assert resolve_source(run).base == str(base)
+    monkeypatch.undo()
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="trained on other weights"):
+        resolve_source(run)
