@@ -80,6 +80,10 @@ class GuardMiddleware:
         try:
             refusal = self._refusal(scope)
             if refusal is not None:
+                if refusal.headers.get("Connection") == "close":
+                    # Read the (bounded) body first: closing a socket with unread request bytes
+                    # makes the kernel reset the connection, and the client never sees the 503.
+                    await _drain_body(receive, state.cfg.max_body_bytes)
                 await error_response(refusal)(scope, receive, tracking_send)
             else:
                 await self.app(scope, receive, tracking_send)
@@ -88,6 +92,17 @@ class GuardMiddleware:
             route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
             state.metrics.requests.labels(route, scope["state"]["model_label"], str(status[0])).inc()
             state.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+async def _drain_body(receive, limit: int) -> None:
+    read = 0
+    while read <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 def _install_error_handlers(app: FastAPI) -> None:
