@@ -17,6 +17,7 @@ import torch
 
 from tunesmith.config import LoraSettings, TrainConfig, TrainSettings
 from tunesmith.errors import TrainingError
+from tunesmith.train.distributed import Sharding, unwrap
 from tunesmith.train.dropout import use_cheap_dropout
 from tunesmith.manifest import atomic_write_text
 
@@ -136,32 +137,12 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
     return model
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The tensors training changes, keyed by parameter name (all of them for full fine-tuning)."""
-    return {n: p.detach().to("cpu").clone() for n, p in _unwrap(model).named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(_unwrap(model).named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-    if missing:
-        raise TrainingError(f"checkpoint lacks {len(missing)} trainable tensors (first: {missing[0]})",
-                            hint="resume with the same method and LoRA settings the run started with")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 # --------------------------------------------------------------------------- optimiser
 
 
 def build_optimizer(settings: TrainSettings, model) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, p in _unwrap(model).named_parameters():
+    for name, p in unwrap(model).named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
@@ -221,7 +202,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, An
     """
     from safetensors.torch import save_file
 
-    sharding = sharding or _plain_sharding(dist)
+    sharding = sharding or Sharding(None, dist)
     final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
     if dist.is_main:
@@ -255,12 +236,6 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, An
     return final
 
 
-def _plain_sharding(dist: Dist):
-    from tunesmith.train.distributed import Sharding
-
-    return Sharding(None, dist)
-
-
 def _fsync_dir_files(directory: Path) -> None:
     for f in directory.iterdir():
         with open(f, "rb") as fh:
@@ -284,12 +259,11 @@ def load_checkpoint(path: Path, model, optimizer, dist: Dist, sharding=None) -> 
     """Restore weights, optimiser, RNG state; return the trainer state (step, data position...)."""
     from safetensors.torch import load_file
 
-    sharding = sharding or _plain_sharding(dist)
+    sharding = sharding or Sharding(None, dist)
     if not (path / COMPLETE_MARKER).is_file():
         raise TrainingError(f"{path} is not a complete checkpoint", hint="pass a checkpoints/step-* directory")
-    sharding.check_resumable()
     written = json.loads((path / "sharding.json").read_text()) if (path / "sharding.json").is_file() else \
-        {"strategy": "none or ddp", "optimizer_format": "torch", "world_size": None}
+        {"strategy": "single-process or DDP", "optimizer_format": "torch", "world_size": None}
     if written["optimizer_format"] != sharding.optimizer_format:
         raise TrainingError(
             f"{path} was written by a {written['strategy']} run and this run uses {sharding.name}",

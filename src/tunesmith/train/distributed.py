@@ -153,9 +153,6 @@ class Sharding:
         """The optimiser state to checkpoint (on rank 0; None elsewhere)."""
         return optimizer.state_dict() if self.dist.is_main else None
 
-    def check_resumable(self) -> None:
-        """Raise when this strategy cannot resume from its checkpoints."""
-
     def read_optimizer_file(self, file: Path) -> dict[str, Any]:
         # The optimiser state is our own file, loaded with weights_only so no code can run.
         return torch.load(file, map_location="cpu", weights_only=True)

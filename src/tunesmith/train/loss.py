@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.chat.masking import IGNORE_INDEX
+from tunesmith.train.distributed import unwrap
 
 
 def trained_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -56,8 +57,7 @@ def causal_lm_loss(model, inputs: dict[str, Any], num_items: float) -> torch.Ten
 
 def _causal_lm(model):
     """The transformers model inside DDP / DeepSpeed / PEFT wrappers."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
+    model = unwrap(model)
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
