@@ -31,7 +31,7 @@ PII_SNIPPETS = (
 
 def generate(path: Path, n: int, seed: int = 1) -> dict[str, int]:
     """Write n lines of tickets, with copies, personal data and broken lines mixed in."""
-    from tunesmith.config import DemoDataConfig
+    from tunesmith.data.config import DemoDataConfig
     from tunesmith.data.demo import make_conversation
 
     rng, cfg = random.Random(seed), DemoDataConfig()
@@ -73,7 +73,7 @@ def baseline(source: Path, out: Path) -> int:
 
 
 def tunesmith_prepare(source: Path, out: Path) -> int:
-    from tunesmith.config import DataPrepareConfig
+    from tunesmith.data.config import DataPrepareConfig
     from tunesmith.data import prepare
 
     result = prepare.run(DataPrepareConfig(inputs=[source], out=out / "prepared", pii="redact",

@@ -96,7 +96,7 @@ def build_adapters(out: Path, count: int) -> dict[str, Path]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tunesmith.config import ModelConfig
+    from tunesmith.models.config import ModelConfig
     from tunesmith.models.loading import load_model
 
     adapters = {}

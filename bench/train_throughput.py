@@ -30,7 +30,8 @@ DATA = REPO / "examples" / "data" / "tickets" / "train.jsonl"
 
 
 def _tokenized(model: str, n: int, max_seq_len: int):
-    from tunesmith.config import ModelConfig, TrainSettings
+    from tunesmith.models.config import ModelConfig
+    from tunesmith.train.config import TrainSettings
     from tunesmith.models.loading import load_tokenizer
     from tunesmith.train.batching import tokenize_rows
     from tunesmith.train.data import read_jsonl
@@ -45,7 +46,7 @@ def run_baseline(args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from tunesmith.config import ModelConfig
+    from tunesmith.models.config import ModelConfig
     from tunesmith.models.loading import load_model
 
     tokenizer, data = _tokenized(args.model, args.examples, args.max_seq_len)
@@ -75,7 +76,8 @@ def run_baseline(args) -> dict:
 
 
 def run_tunesmith(args) -> dict:
-    from tunesmith.config import TrainConfig, load_config
+    from tunesmith.config import load_config
+    from tunesmith.train.config import TrainConfig
     from tunesmith.train import sft
 
     with tempfile.TemporaryDirectory() as tmp:

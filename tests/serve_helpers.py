@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 import torch
 import uvicorn
 
-from tunesmith.config import ModelConfig, ServeConfig
+from tunesmith.models.config import ModelConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.models import default_model_path
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.serve.app import build_app

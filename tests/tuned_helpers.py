@@ -125,14 +125,14 @@ def qlora_run() -> Path:
 @functools.lru_cache(maxsize=None)
 def ollama_export() -> tuple[Path, dict]:
     """`tunesmith export ollama` of the LoRA run (f16): the directory and the run's result."""
-    from tunesmith.config import ExportConfig
+    from tunesmith.export.config import ExportConfig
     from tunesmith.export import run as export_run
 
     with one_thread():
         out = _ROOT / "export-ollama"
         result = export_run.run(ExportConfig(source=str(lora_run()), out=out, format="ollama", quant="f16",
                                              name="tickets", system_prompt=None), say=lambda *_: None)
-        return out, result
+        return out, result.report
 
 
 def copy_tree(src: Path, name: str) -> Path:

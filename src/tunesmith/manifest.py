@@ -24,7 +24,7 @@ from tunesmith import __version__
 from tunesmith.config import save_config
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers",
-             "safetensors", "bitsandbytes", "gguf")
+             "safetensors", "bitsandbytes", "gguf", "datasketch")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -74,13 +74,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def describe_inputs(inputs: dict[str, str | Path | Iterable[str | Path]]) -> dict[str, Any]:
-    """Hash every input file (directories: each file under them, recursively, in sorted order)."""
+def describe_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Hash every input file (directories: each file under them, recursively, in sorted order).
+
+    An input given as a mapping is an entry the stage already described (path, sha256 and what
+    it counted in the file); it is recorded as it is."""
     described: dict[str, Any] = {}
     for role, value in inputs.items():
         paths = [value] if isinstance(value, (str, Path)) else list(value)
         entries = []
-        for p in map(Path, paths):
+        for p in paths:
+            if isinstance(p, dict):
+                entries.append(p)
+                continue
+            p = Path(p)
             files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
             for f in files:
                 if f.is_file():

@@ -22,20 +22,17 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.config import (
-    DataPrepareConfig,
-    DemoDataConfig,
-    EvalConfig,
-    ExportConfig,
-    MergeConfig,
-    QuickstartConfig,
-    TrainConfig,
-)
+from tunesmith.data.config import DataPrepareConfig, DemoDataConfig
 from tunesmith.errors import ServeError, TunesmithError
+from tunesmith.eval.config import EvalConfig
+from tunesmith.export.config import ExportConfig, MergeConfig
 from tunesmith.models.loading import resolve_model_path
+from tunesmith.quickstart_config import QuickstartConfig
+from tunesmith.train.config import TrainConfig
 
 ADAPTER_NAME = "tickets"
 SAMPLE_TICKET = ("Hi, I was charged twice for order #55120, both payments of $89.00 are on my card. "
@@ -48,7 +45,19 @@ def _is_default(model_path: str) -> bool:
     return Path(resolve_model_path(model_path)) == default_model_path()
 
 
-def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+@dataclass
+class QuickstartResult:
+    """Every stage's directory under `out`, the figures written to summary.json, and what to run next."""
+
+    out: Path
+    figures: dict[str, Any]
+    text: str
+
+    def summary(self) -> str:
+        return self.text
+
+
+def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> QuickstartResult:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
@@ -106,7 +115,7 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> dict[st
         model=str(out / "train"), data=out / "demo-data" / "test.jsonl", out=out / "eval", compare_base=True,
         limit=cfg.eval_limit, json_fields=["category", "priority"],
         generation={"max_new_tokens": 96, "batch_size": 16},
-    ), say=say)
+    ), say=say).metrics
     done("eval")
 
     # 4. merge and export
@@ -133,13 +142,12 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> dict[st
         "stage_seconds": {k: v for k, v in timings.items()},
         "train": {"steps": trained.steps, "final_loss": trained.final_loss, "best_val_loss": trained.best_val_loss},
         "eval": {k: metrics.get(k) for k in ("examples", "base", "tuned", "delta", "win_rate")},
-        "merge": merged,
-        "export": exported,
+        "merge": merged.parity,
+        "export": exported.report,
         "answer": answer,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    say(_summary_text(out, metrics, answer, cfg, summary["seconds"]))
-    return summary
+    return QuickstartResult(out, summary, _summary_text(out, metrics, answer, cfg, summary["seconds"]))
 
 
 def _free_port() -> int:

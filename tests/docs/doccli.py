@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from docblocks import REPO
 from tunesmith import cli
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 
 # Verbs that finish in seconds on the embedded model and demo data: these are run for real when
 # their inputs exist in the page's sandbox and they use no model but the embedded one.

@@ -10,14 +10,21 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith import config as C
+from tunesmith.config import load_config
 from tunesmith.data import formats, schema
+from tunesmith.data.config import DataInspectConfig, DataPrepareConfig, DemoDataConfig
+from tunesmith.eval.config import EvalConfig
+from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
+from tunesmith.models.config import ModelConfig
+from tunesmith.quickstart_config import QuickstartConfig
 from tunesmith.serve import protocol
+from tunesmith.serve.config import ServeConfig
+from tunesmith.train.config import TrainConfig
 
 # The config class of each verb, for `<!-- doc-test: config VERB -->` and the page default.
-CONFIGS = {"train": C.TrainConfig, "serve": C.ServeConfig, "eval": C.EvalConfig, "merge": C.MergeConfig,
-           "export": C.ExportConfig, "parity": C.ParityConfig, "prepare": C.DataPrepareConfig,
-           "inspect": C.DataInspectConfig, "demo": C.DemoDataConfig, "quickstart": C.QuickstartConfig}
+CONFIGS = {"train": TrainConfig, "serve": ServeConfig, "eval": EvalConfig, "merge": MergeConfig,
+           "export": ExportConfig, "parity": ParityConfig, "prepare": DataPrepareConfig,
+           "inspect": DataInspectConfig, "demo": DemoDataConfig, "quickstart": QuickstartConfig}
 PAGE_CONFIG = {"train.md": "train", "serve.md": "serve", "eval.md": "eval", "export.md": "export",
                "data.md": "prepare", "choosing-a-method.md": "train"}
 ACCELERATE_KEYS = {"compute_environment", "distributed_type", "num_processes", "fsdp_config", "deepspeed_config"}
@@ -53,7 +60,7 @@ def check_data_row(row: dict, expected: str | None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "example.jsonl"
         path.write_text(json.dumps(row) + "\n", encoding="utf-8")
-        result = inspect.run(C.DataInspectConfig(inputs=[path], model=C.ModelConfig()))
+        result = inspect.run(DataInspectConfig(inputs=[path], model=ModelConfig()))
     stats, summary = result.stats, result.stats.inputs[0]
     if expected:
         assert summary.format == expected, f"documented as `{expected}`, detected as `{summary.format}`"
@@ -124,5 +131,5 @@ def check_yaml_block(text: str, page: str, marker_arg: str) -> str:
             ClusterConfig.from_yaml_file(path)
             return "accelerate config"
         cls = config_class(data, page, marker_arg)
-        C.load_config(cls, path)
+        load_config(cls, path)
     return cls.__name__

@@ -19,7 +19,8 @@ import openai.types
 import openai.types.chat
 from serve_helpers import LiveServer
 
-from tunesmith.config import ModelConfig, ServeConfig
+from tunesmith.models.config import ModelConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.serve import protocol
 
 DOC_HOSTS = ("127.0.0.1:8000", "localhost:8000")

@@ -29,14 +29,14 @@ MARKERS_ALLOWED = {"python": {"skip"}, "json": {"schema"}, "jsonl": {"schema"}, 
 
 
 def _tokenizer():
-    from tunesmith.config import ModelConfig
+    from tunesmith.models.config import ModelConfig
     from tunesmith.models.loading import load_tokenizer
 
     return load_tokenizer(ModelConfig())
 
 
 def _model():
-    from tunesmith.config import ModelConfig
+    from tunesmith.models.config import ModelConfig
     from tunesmith.models.loading import load_model
 
     return load_model(ModelConfig(), device="cpu")

@@ -18,7 +18,8 @@ CLIENT = 'from openai import OpenAI\nclient = OpenAI(base_url="http://127.0.0.1:
 ASK = 'client.chat.completions.create(model="support", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)'
 LOAD = ('import httpx\nhttpx.post("http://127.0.0.1:8000/v1/load_lora_adapter", headers={"Authorization": f"Bearer {key}"},\n'
         '           json={"lora_name": "b2", "lora_path": "billing/run-7"})\n')
-TRAIN = ('from tunesmith.config import TrainConfig, load_config\nfrom tunesmith.train import sft\n'
+TRAIN = ('from tunesmith.config import load_config\nfrom tunesmith.train.config import TrainConfig\n'
+         'from tunesmith.train import sft\n'
          'cfg = load_config(TrainConfig, "examples/configs/default-cpu-lora.yaml")\nresult = sft.run(cfg)\n')
 SKIP = "<!-- doc-test: skip (trains) -->\n"
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 from serve_helpers import LiveServer, build_adapter
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tuned_helpers import one_thread
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clients" / "dotnet"

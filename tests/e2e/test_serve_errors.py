@@ -10,7 +10,7 @@ import openai
 import pytest
 from serve_helpers import QUESTIONS, LiveServer, adapter_root, wait_for
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tuned_helpers import one_thread
 
 KEY = "test-key-51c9"

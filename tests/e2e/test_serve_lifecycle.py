@@ -18,7 +18,7 @@ import pytest
 import torch
 from serve_helpers import QUESTIONS, LiveServer, metric, wait_for
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 
 BASE = "tunesmith-demo-4m"
 LONG = {"model": BASE, "messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 500,

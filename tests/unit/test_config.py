@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.config import DemoDataConfig, ModelConfig, StrictModel, config_to_yaml, load_config, parse_override
+from tunesmith.config import StrictModel, config_to_yaml, load_config, parse_override
+from tunesmith.data.config import DemoDataConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.errors import ConfigError
 
 
@@ -121,7 +123,8 @@ def test_demo_config_bounds():
                          ids=lambda p: p.name)
 def test_example_train_configs_load(path):
     """Every shipped train config validates, as `tunesmith train CONFIG --print-config` does."""
-    from tunesmith.config import TrainConfig, load_config
+    from tunesmith.config import load_config
+    from tunesmith.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, path, [])
     if path.name.startswith("multi-gpu-"):
@@ -131,7 +134,7 @@ def test_example_train_configs_load(path):
 
 
 def test_printed_config_hides_secrets_and_can_be_reused(tmp_path):
-    from tunesmith.config import ServeConfig
+    from tunesmith.serve.config import ServeConfig
 
     cfg = load_config(ServeConfig, None, [], {"api_key": "sk-secret-value"})
     text = config_to_yaml(cfg)

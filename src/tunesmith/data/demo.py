@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import DemoDataConfig
+from tunesmith.data.config import DemoDataConfig
 
 CATEGORIES = ("billing", "technical", "account", "shipping", "feature_request", "security")
 PRIORITIES = ("low", "medium", "high", "urgent")
@@ -334,7 +335,18 @@ def dirty_rows(rng: random.Random, cfg: DemoDataConfig) -> list[tuple[str | None
     return rows
 
 
-def run(cfg: DemoDataConfig) -> dict[str, int]:
+@dataclass
+class DemoResult:
+    """The files `data demo` wrote, with their row counts."""
+
+    out: Path
+    rows: dict[str, int]
+
+    def summary(self) -> str:
+        return "\n".join(f"wrote {count:>5} rows  {name}" for name, count in self.rows.items())
+
+
+def run(cfg: DemoDataConfig) -> DemoResult:
     """Write train.jsonl, test.jsonl and dirty.jsonl under cfg.out; return rows per file."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,4 +362,4 @@ def run(cfg: DemoDataConfig) -> dict[str, int]:
         for _, raw in dirty:
             fh.write(raw + b"\n")
     written[str(out / "dirty.jsonl")] = len(dirty)
-    return written
+    return DemoResult(out, written)

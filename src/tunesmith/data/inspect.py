@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tunesmith.config import DataInspectConfig
+from tunesmith.data.config import DataInspectConfig
 from tunesmith.data.pipeline import Checks, Kept, Stats
 from tunesmith.data.report import length_summary
 from tunesmith.data.rules import RULES
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.rendering import as_text
 
 # Markers around trained tokens, so they show without colour too (pipes, logs, tests).
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
@@ -26,11 +27,17 @@ TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
 @dataclass
 class InspectResult:
+    """The findings of the checks, and the example shown (with its trained tokens, given a model)."""
+
     stats: Stats
     example: dict[str, Any] | None = None
     segments: list[tuple[str, bool]] = field(default_factory=list)
     trained_tokens: int = 0
     total_tokens: int = 0
+
+    def summary(self) -> str:
+        """Findings by rule, lengths and the example, as text (tables drawn as a terminal shows them)."""
+        return as_text(lambda console: _print(self, console))
 
 
 def marked_segments(tokenizer, input_ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
@@ -82,7 +89,7 @@ def run(cfg: DataInspectConfig, *, progress: Callable[[int], None] | None = None
     return result
 
 
-def print_result(result: InspectResult, console: Console) -> None:
+def _print(result: InspectResult, console: Console) -> None:
     stats = result.stats
     console.print(f"[bold]{stats.read:,}[/] examples read from {len(stats.inputs)} file(s): "
                   f"[green]{stats.kept:,} pass[/], [red]{sum(stats.rejected.values()):,} would be rejected[/]")

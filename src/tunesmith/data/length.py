@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.data.rules import Reject
 from tunesmith.data.schema import kind_of
 from tunesmith.errors import TemplateError

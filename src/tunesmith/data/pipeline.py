@@ -16,7 +16,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tunesmith.config import DataChecksConfig
+from tunesmith.data.config import DataChecksConfig
 from tunesmith.data import formats, pii
 from tunesmith.data.dedup import Deduplicator
 from tunesmith.data.readers import Record, container_of, iter_records, require_file

@@ -10,22 +10,20 @@ leaves nothing behind. Same inputs, settings and seed give byte-identical files.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith import __version__
-from tunesmith.config import DataPrepareConfig, config_to_yaml
 from tunesmith.data import report, split
+from tunesmith.data.config import DataPrepareConfig
 from tunesmith.data.pipeline import Checks, Kept, Rejected, Stats
 from tunesmith.data.readers import require_file
 from tunesmith.data.rules import RULES
 from tunesmith.data.schema import dumps_row
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.manifest import sha256_file
+from tunesmith.manifest import sha256_file, write_stage_record
 
 OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejected.jsonl")
 # How many findings a --strict failure lists before "and N more".
@@ -34,12 +32,27 @@ STRICT_SHOWN = 20
 
 @dataclass
 class PrepareResult:
+    """Where the prepared dataset went and its manifest (counts, settings, lengths, outputs)."""
+
     out: Path
     manifest: dict[str, Any]
 
     @property
     def counts(self) -> dict[str, Any]:
         return self.manifest["counts"]
+
+    def summary(self) -> str:
+        counts = self.counts
+        splits = counts["splits"]
+        lines = [f"kept {counts['kept']:,} of {counts['read']:,} examples: train {splits['train']:,}, "
+                 f"val {splits['val']:,}, test {splits['test']:,}"]
+        lines += [f"  rejected {n:>6,}  {rule}" for rule, n in counts["rejected"].items()]
+        if counts["pii"]:
+            lines.append("  redacted " + ", ".join(f"{kind} {n}" for kind, n in counts["pii"].items()))
+        if counts["truncated"]:
+            lines.append(f"  truncated {counts['truncated']:,} to --max-seq-len")
+        lines.append(f"wrote {self.out}/ (report.md, manifest.json, rejected.jsonl)")
+        return "\n".join(lines)
 
 
 def check_inputs(cfg: DataPrepareConfig) -> None:
@@ -86,17 +99,6 @@ def _strict_failure(stats: Stats, rejected_path: Path) -> DataError:
     )
 
 
-def _versions(with_tokenizer: bool) -> dict[str, str]:
-    import datasketch
-
-    versions = {"tunesmith": __version__, "python": platform.python_version(), "datasketch": datasketch.__version__}
-    if with_tokenizer:
-        import transformers
-
-        versions["transformers"] = transformers.__version__
-    return versions
-
-
 def run(cfg: DataPrepareConfig, *, progress: Callable[[int], None] | None = None) -> PrepareResult:
     """Prepare the dataset described by `cfg` and return where it went and what was counted.
 
@@ -136,23 +138,23 @@ def run(cfg: DataPrepareConfig, *, progress: Callable[[int], None] | None = None
             for handle in handles.values():
                 handle.close()
         spool_path.unlink()
-        rows["rejected"] = sum(stats.rejected.values())
 
         limit = cfg.max_seq_len if tokenizer is not None else None
         report.write_histogram(stats.lengths, stats.length_unit, staging / report.HISTOGRAM, limit=limit)
-        manifest = _manifest(cfg, stats, staging, rows)
-        (staging / "report.md").write_text(report.render(manifest, stats.examples), encoding="utf-8")
-        manifest["outputs"]["report.md"] = {"rows": None, "sha256": sha256_file(staging / "report.md")}
-        (staging / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
+        inputs, details = _described_inputs(stats), _details(cfg, stats, rows)
+        (staging / "report.md").write_text(report.render(inputs, details, stats.examples), encoding="utf-8")
+        # No creation time or git revision: the same inputs, settings and seed give the same bytes.
+        manifest_path = write_stage_record(
+            staging, "data prepare", cfg, inputs={"examples": inputs}, seed=cfg.seed, extra=details, timestamp=False,
+            outputs=[staging / name for name in (*OUTPUT_FILES, report.HISTOGRAM, "report.md")])
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         out.mkdir(parents=True, exist_ok=True)
         for produced in sorted(staging.iterdir()):
             shutil.move(str(produced), out / produced.name)
     return PrepareResult(out, manifest)
 
 
-def _manifest(cfg: DataPrepareConfig, stats: Stats, staging: Path, rows: dict[str, int]) -> dict[str, Any]:
+def _described_inputs(stats: Stats) -> list[dict[str, Any]]:
     inputs = []
     for summary in stats.inputs:
         path = Path(summary.path)
@@ -160,6 +162,11 @@ def _manifest(cfg: DataPrepareConfig, stats: Stats, staging: Path, rows: dict[st
                        "container": summary.container, "format": summary.format, "records": summary.records,
                        "kept": summary.kept, "rejected": summary.rejected,
                        "ignored_fields": dict(sorted(summary.ignored_fields.items()))})
+    return inputs
+
+
+def _details(cfg: DataPrepareConfig, stats: Stats, rows: dict[str, int]) -> dict[str, Any]:
+    """What the data manifest holds beyond the stage record: the counts, settings and lengths."""
     rejected = {rule: stats.rejected[rule] for rule in RULES if stats.rejected[rule]}
     counts = {
         "read": stats.read,
@@ -172,17 +179,9 @@ def _manifest(cfg: DataPrepareConfig, stats: Stats, staging: Path, rows: dict[st
         "kind": stats.kind,
         "splits": {name: rows[name] for name in split.SPLITS},
     }
-    outputs = {name: {"rows": rows[name.removesuffix(".jsonl")], "sha256": sha256_file(staging / name)}
-               for name in OUTPUT_FILES}
-    outputs[report.HISTOGRAM] = {"rows": None, "sha256": sha256_file(staging / report.HISTOGRAM)}
     return {
-        "stage": "data prepare",
-        "versions": _versions(cfg.model is not None),
-        "seed": cfg.seed,
         "settings": cfg.model_dump(mode="json"),
-        "inputs": inputs,
         "counts": counts,
         "length": {"unit": stats.length_unit, "summary": report.length_summary(stats.lengths)},
         "dedup_index_bytes": stats.dedup_bytes,
-        "outputs": outputs,
     }

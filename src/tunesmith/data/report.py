@@ -58,9 +58,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def render(manifest: dict[str, Any], examples: dict[str, list[Finding]]) -> str:
-    """report.md from the manifest's numbers and a few example findings per rule."""
-    counts = manifest["counts"]
+def render(inputs: list[dict[str, Any]], details: dict[str, Any], examples: dict[str, list[Finding]]) -> str:
+    """report.md from the described inputs, the manifest's numbers and a few example findings per rule."""
+    counts = details["counts"]
     lines = ["# Data preparation report", ""]
     splits = counts["splits"]
     lines += [f"{counts['kept']:,} of {counts['read']:,} examples kept "
@@ -70,8 +70,8 @@ def render(manifest: dict[str, Any], examples: dict[str, list[Finding]]) -> str:
     lines += ["## Inputs", ""]
     lines += _table(["file", "format", "records", "kept", "rejected", "sha256"],
                     [(i["path"], i["format"], i["records"], i["kept"], i["rejected"], f"`{i['sha256'][:16]}`")
-                     for i in manifest["inputs"]])
-    ignored = [(i["path"], field, n) for i in manifest["inputs"] for field, n in i["ignored_fields"].items()]
+                     for i in inputs])
+    ignored = [(i["path"], field, n) for i in inputs for field, n in i["ignored_fields"].items()]
     if ignored:
         lines += ["", "Fields the format does not use (not carried into the dataset):", ""]
         lines += _table(["file", "field", "times"], ignored)
@@ -89,11 +89,11 @@ def render(manifest: dict[str, Any], examples: dict[str, list[Finding]]) -> str:
         lines += ["None."]
     lines += ["", "## Personal data", ""]
     if counts["pii"]:
-        lines += [f"Mode `{manifest['settings']['pii']}`.", ""]
+        lines += [f"Mode `{details['settings']['pii']}`.", ""]
         lines += _table(["kind", "found"], sorted(counts["pii"].items()))
     else:
-        lines += [f"None found (mode `{manifest['settings']['pii']}`)."]
-    length = manifest["length"]
+        lines += [f"None found (mode `{details['settings']['pii']}`)."]
+    length = details["length"]
     lines += ["", f"## Length ({length['unit']})", ""]
     if length["summary"].get("count"):
         summary = length["summary"]
@@ -103,7 +103,9 @@ def render(manifest: dict[str, Any], examples: dict[str, list[Finding]]) -> str:
         lines += ["", "Lengths are in characters; pass `--model` to count tokens through the model's chat template."]
     lines += ["", f"![example lengths]({HISTOGRAM})", ""]
     lines += ["## Outputs", ""]
-    lines += _table(["file", "rows", "sha256"],
-                    [(name, o["rows"], f"`{o['sha256'][:16]}`") for name, o in manifest["outputs"].items()])
+    rows = [(f"{name}.jsonl", f"{n:,}") for name, n in splits.items()]
+    rows.append(("rejected.jsonl", f"{sum(counts['rejected'].values()):,}"))
+    lines += _table(["file", "rows"], rows)
+    lines += ["", "`manifest.json` holds the SHA-256 of every file written."]
     lines.append("")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunesmith.chat.masking import IGNORE_INDEX, tokenize_conversation
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
-from tunesmith.config import GenerationSettings
+from tunesmith.eval.config import GenerationSettings
 from tunesmith.errors import DataError
 
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
-from tunesmith.config import JudgeSettings
+from tunesmith.eval.config import JudgeSettings
 from tunesmith.errors import ConfigError
 
 RUBRIC = (

@@ -10,15 +10,20 @@ so no second copy is loaded.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.config import EvalConfig
+from rich.console import Console
+from rich.table import Table
+
 from tunesmith.errors import ConfigError
 from tunesmith.eval import compare, generate as gen, metrics as m
+from tunesmith.eval.config import EvalConfig
 from tunesmith.eval.report import write_report
 from tunesmith.manifest import write_stage_record
 from tunesmith.models.source import ModelSource, load_source, resolve_source
+from tunesmith.rendering import as_text
 
 
 def _kind(task: m.TaskSpec) -> str:
@@ -72,7 +77,42 @@ def _evaluate(model, tokenizer, examples, cfg: EvalConfig, task: m.TaskSpec, lab
     return {"outputs": outputs, "scores": scores, "metrics": corpus}
 
 
-def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+@dataclass
+class EvalResult:
+    """The scores (as in metrics.json) and the directory holding them, the samples and the report."""
+
+    out: Path
+    metrics: dict[str, Any]
+
+    def summary(self) -> str:
+        return as_text(self._print)
+
+    def _print(self, console: Console) -> None:
+        result = self.metrics
+        table = Table(title=f"{result['model']} on {result['examples']} examples")
+        table.add_column("metric")
+        compare = "base" in result
+        for column in (("base", "tuned", "delta") if compare else ("value",)):
+            table.add_column(column, justify="right")
+        for name, value in result["tuned"].items():
+            if compare:
+                delta = result["delta"].get(name)
+                table.add_row(name, f"{result['base'][name]:.4g}", f"{value:.4g}",
+                              "" if delta is None else f"{delta:+.4g}")
+            else:
+                table.add_row(name, f"{value:.4g}")
+        console.print(table)
+        if compare:
+            wins = result["win_rate"]
+            console.print(f"per-example ({wins['metric']}): tuned better {wins['tuned_win_rate']:.0%}, "
+                          f"base better {wins['base_win_rate']:.0%}, ties {wins['tie_rate']:.0%}", markup=False)
+        if "regression" in result:
+            console.print(f"regressions: {result['regression']['tuned_failed']} of {result['regression']['prompts']} "
+                          "prompts the base handled well now fail")
+        console.print(f"wrote {self.out}/ (metrics.json, samples.jsonl, report.md, report.html)", markup=False)
+
+
+def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
     """Run the evaluation described by `cfg`; returns the metrics written to metrics.json."""
     examples = gen.read_examples(cfg.data, cfg.limit)  # bad data fails before any model loads
     source = resolve_source(cfg.model)
@@ -164,7 +204,7 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> dict[str, Any
         inputs["regression"] = cfg.regression
     write_stage_record(out, "eval", cfg, inputs=inputs, outputs=written, seed=cfg.generation.seed,
                        extra={"model": source.given, "base_model": cfg.base or source.base})
-    return result
+    return EvalResult(out, result)
 
 
-__all__ = ["run"]
+__all__ = ["EvalResult", "run"]

@@ -19,7 +19,7 @@ import torch
 
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
-from tunesmith.config import MergeConfig
+from tunesmith.export.config import MergeConfig
 from tunesmith.errors import ExportError
 from tunesmith.export.probes import PROBE_CONVERSATIONS
 from tunesmith.manifest import write_stage_record
@@ -150,8 +150,21 @@ def save_merged(merged: Merged, out: Path, max_shard_size: str = "2GB") -> list[
     return sorted(p for p in out.iterdir() if p.is_file() and p.name not in ("manifest.json", "config.yaml"))
 
 
-def run(cfg: MergeConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Merge the run's adapter and write the merged model to `cfg.out`; returns the parity figures."""
+@dataclass
+class MergeResult:
+    """The merged model's directory, the files written, and the adapter-vs-merged logit figures."""
+
+    out: Path
+    files: list[Path]
+    parity: dict[str, Any]
+
+    def summary(self) -> str:
+        shards = len([p for p in self.files if p.suffix == ".safetensors"])
+        return f"wrote merged model to {self.out} ({shards} safetensors file(s))"
+
+
+def run(cfg: MergeConfig, *, say: Callable[[str], None] = print) -> MergeResult:
+    """Merge the run's adapter and write the merged model to `cfg.out`."""
     source = resolve_source(cfg.run, base=cfg.base)
     if source.kind != "adapter":
         raise ExportError(
@@ -175,9 +188,8 @@ def run(cfg: MergeConfig, *, say: Callable[[str], None] = print) -> dict[str, An
             "stop_token_ids": list(merged.model.generation_config.eos_token_id),
         },
     )
-    say(f"wrote merged model to {out} ({len([p for p in outputs if p.suffix == '.safetensors'])} safetensors file(s))")
-    return merged.parity
+    return MergeResult(out, outputs, merged.parity)
 
 
-__all__ = ["Merged", "compare_logits", "generation_config_for", "merge_source", "probe_batch", "probe_logits",
+__all__ = ["MergeResult", "Merged", "compare_logits", "generation_config_for", "merge_source", "probe_batch", "probe_logits",
            "run", "save_merged"]

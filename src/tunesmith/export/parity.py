@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from tunesmith.chat.masking import tokenize_conversation
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
-from tunesmith.config import ParityConfig
+from tunesmith.export.config import ParityConfig
 from tunesmith.errors import ConfigError, TemplateError
 from tunesmith.export import ollama
 from tunesmith.export.probes import PROBE_CONVERSATIONS
@@ -77,6 +77,9 @@ class ParityReport:
         lines.append("result: " + ("IDENTICAL" if self.ok else "DIFFERENT — the model would see prompts it was "
                                    "not trained on, or not stop where it learned to"))
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        return self.render()
 
 
 def _window(tokenizer, ids: Sequence[int], at: int) -> str:
@@ -231,8 +234,8 @@ def _export_dir(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def run(cfg: ParityConfig, *, say: Callable[[str], None] = print) -> ParityReport:
-    """Check parity for `cfg.source`; the caller turns `report.ok` into the exit status."""
+def run(cfg: ParityConfig) -> ParityReport:
+    """Check parity for `cfg.source`; `report.summary()` says what differs, the CLI exits 1 unless `ok`."""
     given, gguf_path, modelfile_path = cfg.source, cfg.gguf, cfg.modelfile
     export = _export_dir(Path(cfg.source))
     if export is not None:
@@ -249,7 +252,6 @@ def run(cfg: ParityConfig, *, say: Callable[[str], None] = print) -> ParityRepor
         conversations += [ex.messages for ex in read_examples(cfg.data, cfg.limit)]
     report = compare_paths(tokenizer, conversations, generation_config=_generation_config(source),
                            gguf_path=gguf_path, modelfile_path=modelfile_path, system_prompt=cfg.system_prompt)
-    say(report.render())
     return report
 
 

@@ -12,10 +12,11 @@ and the command exits 1.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.config import ExportConfig
+from tunesmith.export.config import ExportConfig
 from tunesmith.errors import ConfigError
 from tunesmith.export.gguf import LLAMA_CPP_FTYPES, llama_cpp_available, llama_cpp_quantize, write_gguf
 from tunesmith.export.merge import generation_config_for, merge_source
@@ -43,7 +44,30 @@ def output_paths(cfg: ExportConfig, name: str) -> tuple[Path, Path | None, Path]
     return out, (out.parent / "Modelfile" if cfg.ollama else None), out.parent
 
 
-def run(cfg: ExportConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+@dataclass
+class ExportResult:
+    """The GGUF (and Modelfile) written, and the checks' record as the manifest keeps it."""
+
+    gguf: Path
+    modelfile: Path | None
+    report: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report["ok"])
+
+    def failures(self) -> list[str]:
+        failures = list(self.report.get("verification", {}).get("failures", []))
+        if not self.report.get("parity", {}).get("ok", True):
+            failures.append("the exported prompt format differs from training (see the parity report above)")
+        return failures
+
+    def summary(self) -> str:
+        wrote = f"wrote {self.gguf}" + (f" and {self.modelfile}" if self.modelfile else "")
+        return wrote if self.ok else f"{wrote}\nexport check failed: " + "; ".join(self.failures())
+
+
+def run(cfg: ExportConfig, *, say: Callable[[str], None] = print) -> ExportResult:
     if cfg.quant in LLAMA_CPP_FTYPES and not llama_cpp_available():
         raise ConfigError(f"--quant {cfg.quant} is a K-quant, made by llama.cpp's quantiser, and llama-cpp-python is "
                           "not installed",
@@ -96,7 +120,7 @@ def run(cfg: ExportConfig, *, say: Callable[[str], None] = print) -> dict[str, A
         "modelfile": modelfile_path.name if modelfile_path is not None else None,
         "stop_token_ids": stops, **{k: v for k, v in result.items() if k not in ("gguf", "modelfile")},
     })
-    return result
+    return ExportResult(gguf_path, modelfile_path, result)
 
 
 __all__ = ["output_paths", "run"]

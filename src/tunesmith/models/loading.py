@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.errors import ModelError
 from tunesmith.models import DEFAULT_MODEL_NAME, default_model_path
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.models.adapters import AdapterInfo, check_base_weights, find_adapter, is_adapter_dir, is_run_dir
 from tunesmith.models.loading import resolve_model_path

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tunesmith.config import ADAPTER_NAME_PATTERN
+from tunesmith.serve.config import ADAPTER_NAME_PATTERN
 from tunesmith.errors import ModelError, ServeError
 from tunesmith.models.adapters import (
     ADAPTER_WEIGHTS,

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith import __version__
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.serve.adapters import check_name, resolve_under_root
 from tunesmith.serve.auth import PUBLIC_PATHS, bearer_matches, management_disabled, unauthorized

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import uvicorn
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.errors import ServeError
 from tunesmith.serve.app import build_app
 from tunesmith.serve.state import ServeState, create_state

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import torch
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.errors import ServeError, TunesmithError
 from tunesmith.models import DEFAULT_MODEL_NAME
 from tunesmith.models.loading import load_model, load_tokenizer, resolve_model_path

@@ -17,7 +17,7 @@ import torch
 
 from tunesmith.chat.masking import IGNORE_INDEX, UntrainableConversationError, tokenize_conversation
 from tunesmith.chat.packing import PackedCollator, PackedRowsCollator, PaddedCollator, pack_examples
-from tunesmith.config import TrainSettings
+from tunesmith.train.config import TrainSettings
 from tunesmith.errors import TrainingError
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from tunesmith.config import LoraSettings, TrainConfig, TrainSettings
+from tunesmith.train.config import LoraSettings, TrainConfig, TrainSettings
 from tunesmith.errors import TrainingError
 from tunesmith.train.distributed import Sharding, unwrap
 from tunesmith.train.dropout import use_cheap_dropout

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.errors import DataError
 
 
@@ -77,7 +77,7 @@ def load_training_data(cfg: TrainConfig, out: Path, dist) -> TrainingData:
 
 def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path) -> None:
     """Run the data stage on raw files: validation, cleaning, dedup and a train/val split."""
-    from tunesmith.config import DataPrepareConfig
+    from tunesmith.data.config import DataPrepareConfig
     from tunesmith.data import prepare
 
     prep = DataPrepareConfig(

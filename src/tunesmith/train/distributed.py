@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.errors import TrainingError
 
 STRATEGIES = ("none", "ddp", "fsdp", "deepspeed_zero3")

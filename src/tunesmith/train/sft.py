@@ -27,7 +27,7 @@ import torch
 
 from tunesmith.chat.masking import tokenize_conversation
 from tunesmith.chat.tokens import prepare_chat_model
-from tunesmith.config import TrainConfig
+from tunesmith.train.config import TrainConfig
 from tunesmith.errors import TrainingError
 from tunesmith.manifest import sha256_file, write_stage_record
 from tunesmith.models.loading import (
@@ -67,6 +67,11 @@ class TrainResult:
     total_parameters: int
     stopped_early: bool = False
     skipped_steps: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        early = (f"stopped early at step {self.steps}; best validation loss {self.best_val_loss:.4f}\n"
+                 if self.stopped_early else "")
+        return f"{early}done: {self.steps} steps; adapter and metrics in {self.output_dir}"
 
 
 def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=None) -> TrainResult:

@@ -8,7 +8,7 @@ import json
 import pytest
 from data_helpers import chat
 
-from tunesmith.config import DataPrepareConfig
+from tunesmith.data.config import DataPrepareConfig
 from tunesmith.data import prepare
 from tunesmith.data.dedup import Deduplicator
 from tunesmith.data.schema import ROW_KEYS
@@ -43,11 +43,12 @@ def test_outputs_and_counts(dirty_run):
     assert counts["splits"] == {"train": 14, "val": 2, "test": 2}
     assert counts["pii"] == {k: 1 for k in ("credit_card", "email", "iban", "ipv4", "ipv6", "phone", "secret", "ssn")}
     assert counts["funnel"][0] == ["records", 31] and counts["funnel"][-1] == ["length", 18]
-    source = manifest["inputs"][0]
+    source = manifest["inputs"]["examples"][0]
     assert source["sha256"] == hashlib.sha256((tickets / "dirty.jsonl").read_bytes()).hexdigest()
     assert source["format"] == "openai"
-    for name in (*SPLIT_FILES, "rejected.jsonl", "length_histogram.png"):
-        assert manifest["outputs"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    outputs = {o["path"]: o["sha256"] for o in manifest["outputs"]}
+    for name in (*SPLIT_FILES, "rejected.jsonl", "length_histogram.png", "report.md"):
+        assert outputs[name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
 
 
 def test_written_rows_follow_the_schema_with_their_source(dirty_run):
@@ -179,7 +180,7 @@ def test_every_kind_round_trips_through_prepare(tmp_path):
     rows = _rows(out.out / "train.jsonl")
     assert len(rows) == 20 and out.counts["kind"] == "preference"
     assert list(rows[3]) == ["prompt", "chosen", "rejected", "meta"] and rows[3]["meta"]["line"] == 1
-    assert json.loads((out.out / "manifest.json").read_text())["inputs"][0]["ignored_fields"] == {"id": 20}
+    assert json.loads((out.out / "manifest.json").read_text())["inputs"]["examples"][0]["ignored_fields"] == {"id": 20}
 
     sharegpt = tmp_path / "chats.parquet"
     pq.write_table(pa.Table.from_pylist([{"conversations": [{"from": "human", "value": f"hello number {i} " * 3},

@@ -8,7 +8,7 @@ import random
 import pytest
 from data_helpers import chat
 
-from tunesmith.config import DataChecksConfig, DemoDataConfig
+from tunesmith.data.config import DataChecksConfig, DemoDataConfig
 from tunesmith.data import demo
 from tunesmith.data.pipeline import Checks, Kept, Rejected
 from tunesmith.data.rules import RULES, Reject

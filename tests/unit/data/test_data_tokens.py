@@ -9,7 +9,8 @@ import pytest
 from data_helpers import chat
 
 from tunesmith.chat.masking import tokenize_conversation
-from tunesmith.config import DataInspectConfig, DataPrepareConfig, ModelConfig
+from tunesmith.data.config import DataInspectConfig, DataPrepareConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.data import inspect, prepare
 from tunesmith.data.length import LengthChecker, load_chat_tokenizer
 from tunesmith.data.rules import Reject
@@ -84,7 +85,7 @@ def test_prepare_with_a_model_counts_tokens(tickets, tmp_path):
     overlong = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()
                 if '"overlong"' in line]
     assert all(int(r["message"].split()[0].replace(",", "")) > 100 for r in overlong)
-    assert "transformers" in manifest["versions"]
+    assert "transformers" in manifest["libraries"]
 
 
 def test_inspect_marks_exactly_the_trained_tokens(tickets, tokenizer):

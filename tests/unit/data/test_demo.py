@@ -1,7 +1,7 @@
 import json
 from collections import Counter
 
-from tunesmith.config import DemoDataConfig
+from tunesmith.data.config import DemoDataConfig
 from tunesmith.data import demo
 
 

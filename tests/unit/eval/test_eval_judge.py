@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tunesmith.config import JudgeSettings
+from tunesmith.eval.config import JudgeSettings
 from tunesmith.errors import ConfigError
 from tunesmith.eval.judge import RUBRIC, run_judge
 

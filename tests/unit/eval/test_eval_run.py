@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tuned_helpers as helpers  # noqa: E402
 
-from tunesmith.config import EvalConfig  # noqa: E402
+from tunesmith.eval.config import EvalConfig  # noqa: E402
 from tunesmith.errors import ConfigError, DataError  # noqa: E402
 from tunesmith.eval import run as eval_run  # noqa: E402
 from tunesmith.eval.generate import read_examples  # noqa: E402
@@ -24,7 +24,7 @@ def evaluated(tmp_path_factory):
                      json_fields=["category", "priority"], regression=regression,
                      generation={"max_new_tokens": 20, "batch_size": 4})
     with helpers.one_thread():
-        result = eval_run.run(cfg, say=lambda *_: None)
+        result = eval_run.run(cfg, say=lambda *_: None).metrics
     return cfg, result
 
 

@@ -197,7 +197,7 @@ def test_mistral_with_sentencepiece_tokenizer_and_qwen2_round_trip(tmp_path):
 def test_k_quants_without_llama_cpp_are_refused_with_a_hint():
     if llama_cpp_available():
         pytest.skip("llama-cpp-python is installed")
-    from tunesmith.config import ExportConfig
+    from tunesmith.export.config import ExportConfig
     from tunesmith.export import run as export_run
 
     with pytest.raises(ConfigError, match="llama-cpp-python") as info:

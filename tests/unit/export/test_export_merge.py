@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tuned_helpers as helpers  # noqa: E402
 
-from tunesmith.config import MergeConfig  # noqa: E402
+from tunesmith.export.config import MergeConfig  # noqa: E402
 from tunesmith.errors import ExportError  # noqa: E402
 from tunesmith.export import merge  # noqa: E402
 from tunesmith.models.source import load_source, resolve_source  # noqa: E402
@@ -20,7 +20,7 @@ from tunesmith.models.source import load_source, resolve_source  # noqa: E402
 def merged_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("merged")
     with helpers.one_thread():
-        parity = merge.run(MergeConfig(run=str(helpers.lora_run()), out=out), say=lambda *_: None)
+        parity = merge.run(MergeConfig(run=str(helpers.lora_run()), out=out), say=lambda *_: None).parity
     return out, parity
 
 

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tuned_helpers as helpers  # noqa: E402
 
 from tunesmith.chat.templates import render_prompt_text  # noqa: E402
-from tunesmith.config import ParityConfig  # noqa: E402
+from tunesmith.export.config import ParityConfig  # noqa: E402
 from tunesmith.errors import ExportError, TemplateError  # noqa: E402
 from tunesmith.export import gotemplate, ollama, parity  # noqa: E402
 from tunesmith.export.probes import probe_prompts  # noqa: E402
@@ -97,7 +97,7 @@ def test_export_passes_its_own_parity_check():
     assert all(n == report["prompts"] for n in report["identical"].values())
     assert report["taught_stops"] == ["<|im_end|>"]
     assert all("<|im_end|>" in stops for stops in report["stops"].values())
-    again = parity.run(ParityConfig(source=str(out)), say=lambda *_: None)  # an export dir finds its files
+    again = parity.run(ParityConfig(source=str(out)))  # an export dir finds its files
     assert again.ok and again.labels["ollama"] == "ollama (Modelfile)"
 
 
@@ -108,7 +108,7 @@ def test_check_parity_reports_an_altered_modelfile_template():
     text = modelfile.read_text()
     assert "<|im_start|>assistant\n" in text
     modelfile.write_text(text.replace("<|im_start|>assistant\n", "<|im_start|>assistant\n\n"))
-    report = parity.run(ParityConfig(source=str(altered)), say=lambda *_: None)
+    report = parity.run(ParityConfig(source=str(altered)))
     assert not report.ok
     assert report.identical["ollama"] == 0 and report.identical["gguf"] == report.prompts
     assert {d["path"] for d in report.differences} == {"ollama"}
@@ -123,8 +123,7 @@ def test_check_parity_reports_a_training_template_that_drifted_from_the_gguf():
     altered = original.replace("<|im_start|>", "<|im_start|> ")  # a space after every turn opener
     assert altered != original
     template.write_text(altered)
-    report = parity.run(ParityConfig(source=str(run), gguf=Path(result["gguf"]), modelfile=out / "Modelfile"),
-                        say=lambda *_: None)
+    report = parity.run(ParityConfig(source=str(run), gguf=Path(result["gguf"]), modelfile=out / "Modelfile"))
     assert not report.ok
     assert report.identical["serving"] == report.prompts  # serving uses the same (altered) tokenizer
     assert report.identical["gguf"] == 0 and report.identical["ollama"] == 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from serve_helpers import build_adapter, write_run_dir
 
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.errors import ModelError, ServeError
 from tunesmith.models import default_model_path
 from tunesmith.models.loading import load_model, load_tokenizer

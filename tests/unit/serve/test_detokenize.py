@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.serve.detokenize import TextTracker
 

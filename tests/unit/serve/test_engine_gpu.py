@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from tunesmith.chat.templates import render_prompt
-from tunesmith.config import ModelConfig, ServeConfig
+from tunesmith.models.config import ModelConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import SamplingParams
 from tunesmith.serve.state import create_state
 

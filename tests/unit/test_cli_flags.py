@@ -1,0 +1,115 @@
+"""The command line generated from config fields: one `Flag` on a field makes the option, its
+help, its shown default and how its value lands in the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pytest
+import typer
+import typer.main
+from pydantic import Field
+from typer.testing import CliRunner
+
+from tunesmith import cli
+from tunesmith.config import Flag, StrictModel
+from tunesmith.data.config import parse_field_map, parse_split_shares
+from tunesmith.errors import ConfigError
+
+
+class Section(StrictModel):
+    path: str = Field("default", description="where it is")
+    level: int = 1
+
+
+class Shares(StrictModel):
+    train: float = 0.5
+    test: float = 0.5
+
+
+class Sample(StrictModel):
+    inputs: Annotated[list[Path], Flag(argument=True)] = Field(default_factory=list, description="files to read")
+    count: Annotated[int, Flag("--count", "-n")] = Field(3, ge=1, description="how many")
+    loud: Annotated[bool, Flag()] = Field(False, description="say more")
+    section: Annotated[Section, Flag("--section", key="path", help="the section's path")] = Field(
+        default_factory=Section)
+    shares: Annotated[Shares, Flag("--shares", parse=lambda t: dict(zip(("train", "test"), map(float, t.split(",")))))
+                      ] = Field(default_factory=Shares)
+    rename: Annotated[dict[str, str], Flag("--rename", parse=parse_field_map, repeat=True)] = Field(
+        default_factory=dict, description="renames")
+    not_on_the_command_line: Optional[str] = None
+
+
+def _app(seen: list) -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    cli.register(app, cli.Verb("sample", Sample, seen.append, "A sample verb."))
+    return app
+
+
+def _invoke(args: list[str]):
+    seen: list = []
+    result = CliRunner().invoke(_app(seen), ["sample", *args])
+    return result, (seen[0] if seen else None)
+
+
+def test_flags_set_their_fields_and_sections_keep_their_other_keys(tmp_path):
+    config = tmp_path / "sample.yaml"
+    config.write_text("section: {path: from-yaml, level: 7}\nshares: {train: 0.9, test: 0.1}\ncount: 5\n")
+    result, cfg = _invoke(["a.jsonl", "b.jsonl", "-n", "9", "--loud", "--section", "there", "--rename", "q=prompt",
+                           "--rename", "a=completion", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert cfg.inputs == [Path("a.jsonl"), Path("b.jsonl")] and cfg.count == 9 and cfg.loud is True
+    assert cfg.section == Section(path="there", level=7)
+    assert cfg.rename == {"q": "prompt", "a": "completion"}
+    assert cfg.shares == Shares(train=0.9, test=0.1)
+
+
+def test_a_parsed_section_value_sets_only_its_keys_and_set_wins(tmp_path):
+    result, cfg = _invoke(["--shares", "0.25,0.75", "--count", "2", "--set", "count=4"])
+    assert result.exit_code == 0, result.output
+    assert cfg.shares == Shares(train=0.25, test=0.75) and cfg.count == 4
+
+
+def test_flags_left_out_keep_the_config_defaults():
+    result, cfg = _invoke([])
+    assert result.exit_code == 0, result.output
+    assert cfg == Sample()
+
+
+def test_help_and_shown_default_come_from_the_field():
+    command = typer.main.get_command(_app([])).commands["sample"]
+    options = {p.opts[0]: p for p in command.params}
+    assert options["--count"].help == "How many." and options["--count"].show_default == "3"
+    assert "-n" in options["--count"].opts
+    assert options["--loud"].secondary_opts == ["--no-loud"] and options["--loud"].show_default == "--no-loud"
+    assert options["--section"].help == "The section's path." and options["--section"].show_default == "default"
+    assert "--not-on-the-command-line" not in options
+    assert all(p.default in (None, False) for p in command.params), "defaults live in the config, not the CLI"
+
+
+def test_every_verb_takes_its_defaults_from_its_config():
+    group = typer.main.get_command(cli.app)
+    commands = [c for g in group.commands.values() for c in (getattr(g, "commands", None) or {"": g}).values()]
+    assert len(commands) == len(cli.VERBS)
+    for command in commands:
+        for param in command.params:
+            assert param.default in (None, False), (command.name, param.name, param.default)
+
+
+def test_special_parsers_reject_bad_text():
+    with pytest.raises(ConfigError, match="yours=ours"):
+        parse_field_map(["question"])
+    with pytest.raises(ConfigError, match="three shares"):
+        parse_split_shares("0.9,0.1")
+    assert parse_split_shares("0.8,0.1,0.1") == {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def test_building_the_command_line_imports_no_torch():
+    import subprocess
+    import sys
+
+    probe = "import sys, tunesmith.cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
