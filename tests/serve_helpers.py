@@ -16,11 +16,11 @@ from typing import Callable, Iterator
 import torch
 import uvicorn
 
-from tunesmith.models.config import ModelConfig
-from tunesmith.serve.config import ServeConfig
 from tunesmith.models import default_model_path
+from tunesmith.models.config import ModelConfig
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.serve.app import build_app
+from tunesmith.serve.config import ServeConfig
 
 # Questions whose greedy answers differ between the base model and the two adapters.
 QUESTIONS = ["What does json.dumps do?", "Explain os.path.join.", "How do I sort a list?",

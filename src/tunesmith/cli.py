@@ -85,7 +85,7 @@ class _Option:
     field_name: str
     key: str                  # dotted config key, e.g. "model.path"
     target: FieldInfo         # the field the value lands in (the section's field for `key=`)
-    section_default: Any      # the default of the field holding the flag (None: an optional section)
+    holder_default: Any       # the default of the field holding the flag (None: an optional section)
     holder_help: str | None = None  # the description of the field holding a `key=` flag
 
     @property
@@ -108,7 +108,7 @@ class _Option:
         return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
 
     def shown_default(self) -> str | bool:
-        if self.section_default is None or self.flag.parse is not None and _section(self.target.annotation):
+        if self.holder_default is None or self.flag.parse is not None and _section(self.target.annotation):
             return False
         value = self.target.get_default(call_default_factory=True)
         if value is None or isinstance(value, (BaseModel, SecretStr)) or value in ([], {}):

@@ -20,8 +20,8 @@ import openai.types.chat
 from serve_helpers import LiveServer
 
 from tunesmith.models.config import ModelConfig
-from tunesmith.serve.config import ServeConfig
 from tunesmith.serve import protocol
+from tunesmith.serve.config import ServeConfig
 
 DOC_HOSTS = ("127.0.0.1:8000", "localhost:8000")
 REQUESTS = {"/v1/chat/completions": protocol.ChatCompletionRequest, "/v1/completions": protocol.CompletionRequest,

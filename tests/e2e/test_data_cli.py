@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.cli import main
 from tunesmith.models import default_model_path
+
+from cli_helpers import run_cli
 
 TICKETS = Path(__file__).resolve().parents[2] / "examples" / "data" / "tickets"
 DIRTY = str(TICKETS / "dirty.jsonl")
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
 
 
 def test_prepare_writes_the_dataset(capsys, tmp_path):

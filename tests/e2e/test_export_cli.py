@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tuned_helpers as helpers  # noqa: E402
+from tunesmith.cli import main
+from tunesmith.export.gguf import llama_cpp_available
 
-from tunesmith.cli import main  # noqa: E402
-from tunesmith.export.gguf import llama_cpp_available  # noqa: E402
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with helpers.one_thread(), pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+from cli_helpers import run_cli
+import tuned_helpers as helpers
 
 
 @pytest.fixture(scope="module")
 def q8_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("q8") / "tickets.q8_0.gguf"
-    with helpers.one_thread(), pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info:
         main(["export", "gguf", str(helpers.lora_run()), "--out", str(out), "--quant", "q8_0", "--ollama",
               "--system-prompt", "You triage support tickets. Answer with JSON."])
     return exit_info.value.code, out

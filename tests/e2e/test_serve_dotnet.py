@@ -14,7 +14,6 @@ import pytest
 from serve_helpers import LiveServer, build_adapter
 
 from tunesmith.serve.config import ServeConfig
-from tuned_helpers import one_thread
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clients" / "dotnet"
 KEY = "dotnet-test-key"
@@ -31,12 +30,6 @@ def client_exe(tmp_path_factory) -> Path:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    with one_thread():
-        yield
 
 
 def test_csharp_client_gets_the_same_answers_as_the_python_sdk(client_exe, tmp_path):

@@ -8,10 +8,9 @@ import concurrent.futures
 import httpx
 import openai
 import pytest
-from serve_helpers import QUESTIONS, LiveServer, adapter_root, wait_for
+from serve_helpers import QUESTIONS, LiveServer, wait_for
 
 from tunesmith.serve.config import ServeConfig
-from tuned_helpers import one_thread
 
 KEY = "test-key-51c9"
 BASE = "tunesmith-demo-4m"
@@ -20,17 +19,6 @@ ANY = {**CHAT, "prompt": "hi"}  # a valid body for chat, text completions and /g
 ROUTES = [("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/chat/completions"),
           ("POST", "/v1/completions"), ("POST", "/generate"), ("POST", "/v1/load_lora_adapter"),
           ("POST", "/v1/unload_lora_adapter"), ("GET", "/nowhere")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return adapter_root(tmp_path_factory.mktemp("serve-errors"))
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_helpers import QUESTIONS, LiveServer, adapter_root, metric, wait_for
+from serve_helpers import QUESTIONS, LiveServer, metric, wait_for
 
 from tunesmith.serve.config import ServeConfig
-from tuned_helpers import one_thread
 
 KEY = "test-key-7f3a"
 BASE = "tunesmith-demo-4m"
 GREEDY = {"temperature": 0, "max_tokens": 12}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return adapter_root(tmp_path_factory.mktemp("serve-openai"))
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,6 @@
-import subprocess
-import sys
-
-import pytest
-
 from tunesmith import __version__
-from tunesmith.cli import main
 
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
+from cli_helpers import run_cli
 
 
 def test_version(capsys):
@@ -54,13 +43,6 @@ def test_demo_verb_writes_files(capsys, tmp_path):
     assert code == 0
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 30
     assert len((tmp_path / "test.jsonl").read_text().splitlines()) == 5
-
-
-def test_console_script_exit_code_and_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tunesmith", "data", "demo", "--set", "seed=notanint"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "field `seed`" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unknown_option_is_a_usage_error(capsys):

@@ -4,8 +4,8 @@ import pytest
 
 from tunesmith.config import StrictModel, config_to_yaml, load_config, parse_override
 from tunesmith.data.config import DemoDataConfig
-from tunesmith.models.config import ModelConfig
 from tunesmith.errors import ConfigError
+from tunesmith.models.config import ModelConfig
 
 
 class Inner(StrictModel):

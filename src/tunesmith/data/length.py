@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.models.config import ModelConfig
 from tunesmith.data.rules import Reject
 from tunesmith.data.schema import kind_of
 from tunesmith.errors import TemplateError
+from tunesmith.models.config import ModelConfig
 
 
 def load_chat_tokenizer(model: ModelConfig):

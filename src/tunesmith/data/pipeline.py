@@ -16,8 +16,8 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tunesmith.data.config import DataChecksConfig
 from tunesmith.data import formats, pii
+from tunesmith.data.config import DataChecksConfig
 from tunesmith.data.dedup import Deduplicator
 from tunesmith.data.readers import Record, container_of, iter_records, require_file
 from tunesmith.data.rules import RULES, STEPS, Finding, Reject

@@ -22,8 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunesmith.chat.masking import IGNORE_INDEX, tokenize_conversation
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
-from tunesmith.eval.config import GenerationSettings
 from tunesmith.errors import DataError
+from tunesmith.eval.config import GenerationSettings
 
 
 @dataclass

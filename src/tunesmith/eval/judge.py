@@ -16,8 +16,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
-from tunesmith.eval.config import JudgeSettings
 from tunesmith.errors import ConfigError
+from tunesmith.eval.config import JudgeSettings
 
 RUBRIC = (
     "You are an impartial judge comparing two answers to the same conversation. Judge which answer "

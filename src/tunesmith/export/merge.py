@@ -19,8 +19,8 @@ import torch
 
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
-from tunesmith.export.config import MergeConfig
 from tunesmith.errors import ExportError
+from tunesmith.export.config import MergeConfig
 from tunesmith.export.probes import PROBE_CONVERSATIONS
 from tunesmith.manifest import write_stage_record
 from tunesmith.models.loading import load_model, resolve_dtype

@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 from tunesmith.chat.masking import tokenize_conversation
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
-from tunesmith.export.config import ParityConfig
 from tunesmith.errors import ConfigError, TemplateError
 from tunesmith.export import ollama
+from tunesmith.export.config import ParityConfig
 from tunesmith.export.probes import PROBE_CONVERSATIONS
 from tunesmith.models.source import load_tokenizer, resolve_source
 

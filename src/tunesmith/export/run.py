@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.export.config import ExportConfig
 from tunesmith.errors import ConfigError
+from tunesmith.export.config import ExportConfig
 from tunesmith.export.gguf import LLAMA_CPP_FTYPES, llama_cpp_available, llama_cpp_quantize, write_gguf
 from tunesmith.export.merge import generation_config_for, merge_source
 from tunesmith.export.ollama import write_modelfile

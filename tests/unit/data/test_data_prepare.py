@@ -8,8 +8,8 @@ import json
 import pytest
 from data_helpers import chat
 
-from tunesmith.data.config import DataPrepareConfig
 from tunesmith.data import prepare
+from tunesmith.data.config import DataPrepareConfig
 from tunesmith.data.dedup import Deduplicator
 from tunesmith.data.schema import ROW_KEYS
 from tunesmith.errors import ConfigError, DataError

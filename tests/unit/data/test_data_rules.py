@@ -8,8 +8,8 @@ import random
 import pytest
 from data_helpers import chat
 
-from tunesmith.data.config import DataChecksConfig, DemoDataConfig
 from tunesmith.data import demo
+from tunesmith.data.config import DataChecksConfig, DemoDataConfig
 from tunesmith.data.pipeline import Checks, Kept, Rejected
 from tunesmith.data.rules import RULES, Reject
 from tunesmith.data.validate import validate

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tunesmith.eval.config import JudgeSettings
 from tunesmith.errors import ConfigError
+from tunesmith.eval.config import JudgeSettings
 from tunesmith.eval.judge import RUBRIC, run_judge
 
 

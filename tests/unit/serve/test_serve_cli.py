@@ -7,14 +7,7 @@ import socket
 import pytest
 import yaml
 
-from tunesmith.cli import main
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
+from cli_helpers import run_cli
 
 
 def test_flags_fill_the_config_and_the_key_is_masked(capsys, tmp_path):

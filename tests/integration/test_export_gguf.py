@@ -2,20 +2,18 @@
 independent reader (transformers' GGUF loader) and, when installed, llama.cpp."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import tuned_helpers as helpers  # noqa: E402
+from tunesmith.errors import ConfigError
+from tunesmith.export.gguf import interleave_rotary, llama3_rope_factors, llama_cpp_available, write_gguf
+from tunesmith.export.verify import transformers_readback
+from tunesmith.models import default_model_path
 
-from tunesmith.errors import ConfigError  # noqa: E402
-from tunesmith.export.gguf import interleave_rotary, llama3_rope_factors, llama_cpp_available, write_gguf  # noqa: E402
-from tunesmith.export.verify import transformers_readback  # noqa: E402
-from tunesmith.models import default_model_path  # noqa: E402
+import tuned_helpers as helpers
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,16 @@
 """`tunesmith merge`: merged logits equal adapter logits; QLoRA merges into the unquantised base."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import tuned_helpers as helpers  # noqa: E402
+from tunesmith.errors import ExportError
+from tunesmith.export import merge
+from tunesmith.export.config import MergeConfig
+from tunesmith.models.source import load_source, resolve_source
 
-from tunesmith.export.config import MergeConfig  # noqa: E402
-from tunesmith.errors import ExportError  # noqa: E402
-from tunesmith.export import merge  # noqa: E402
-from tunesmith.models.source import load_source, resolve_source  # noqa: E402
+import tuned_helpers as helpers
 
 
 @pytest.fixture(scope="module")

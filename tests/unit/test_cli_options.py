@@ -17,6 +17,8 @@ from tunesmith.config import Flag, StrictModel
 from tunesmith.data.config import parse_field_map, parse_split_shares
 from tunesmith.errors import ConfigError
 
+from cli_helpers import run_cli
+
 
 class Section(StrictModel):
     path: str = Field("default", description="where it is")
@@ -106,10 +108,33 @@ def test_special_parsers_reject_bad_text():
     assert parse_split_shares("0.8,0.1,0.1") == {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
-def test_building_the_command_line_imports_no_torch():
-    import subprocess
-    import sys
 
-    probe = "import sys, tunesmith.cli; print('torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+def test_train_resume_latest_means_the_latest_checkpoint(monkeypatch, capsys):
+    from tunesmith.train import sft
+
+    calls = []
+
+    class Done:
+        def summary(self):
+            return "done: 3 steps"
+
+    monkeypatch.setattr(sft, "run", lambda cfg, **kwargs: calls.append((cfg, kwargs)) or Done())
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "default-cpu-lora.yaml"
+    code, out, _ = run_cli(capsys, "train", str(config), "--resume", "latest",
+                           "--set", "train.max_steps=3")
+    assert code == 0 and out.strip() == "done: 3 steps"
+    assert calls[-1][0].train.max_steps == 3 and calls[-1][1]["resume"] is True
+    run_cli(capsys, "train", "--resume", "runs/x/checkpoints/step-2")
+    assert calls[-1][1]["resume"] == "runs/x/checkpoints/step-2"
+
+
+def test_a_failed_export_check_prints_why_and_exits_1(monkeypatch, capsys, tmp_path):
+    from tunesmith.export import run as export_run
+
+    failed = export_run.ExportResult(tmp_path / "m.gguf", None, {
+        "ok": False, "verification": {"ok": False, "failures": ["top-1 agreement 0.80 < 0.99"]},
+        "parity": {"ok": False}})
+    monkeypatch.setattr(export_run, "run", lambda cfg, **kwargs: failed)
+    code, out, _ = run_cli(capsys, "export", "gguf", "runs/sft", "--out", str(tmp_path / "m.gguf"))
+    assert code == 1
+    assert "export check failed: top-1 agreement 0.80 < 0.99; the exported prompt format differs" in out

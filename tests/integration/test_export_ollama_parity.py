@@ -1,20 +1,18 @@
 """Ollama TEMPLATE derivation, Modelfile round trip, the Go-template evaluator, and `check parity`
 catching a template that no longer renders as training did."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import tuned_helpers as helpers  # noqa: E402
+from tunesmith.chat.templates import render_prompt_text
+from tunesmith.errors import ExportError, TemplateError
+from tunesmith.export import gotemplate, ollama, parity
+from tunesmith.export.config import ParityConfig
+from tunesmith.export.probes import probe_prompts
+from tunesmith.models import default_model_path
 
-from tunesmith.chat.templates import render_prompt_text  # noqa: E402
-from tunesmith.export.config import ParityConfig  # noqa: E402
-from tunesmith.errors import ExportError, TemplateError  # noqa: E402
-from tunesmith.export import gotemplate, ollama, parity  # noqa: E402
-from tunesmith.export.probes import probe_prompts  # noqa: E402
-from tunesmith.models import default_model_path  # noqa: E402
+import tuned_helpers as helpers
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 from data_helpers import chat
 
 from tunesmith.chat.masking import tokenize_conversation
-from tunesmith.data.config import DataInspectConfig, DataPrepareConfig
-from tunesmith.models.config import ModelConfig
 from tunesmith.data import inspect, prepare
+from tunesmith.data.config import DataInspectConfig, DataPrepareConfig
 from tunesmith.data.length import LengthChecker, load_chat_tokenizer
 from tunesmith.data.rules import Reject
 from tunesmith.models import default_model_path
+from tunesmith.models.config import ModelConfig
 
 LONG_ANSWER = "The parcel is in transit and should arrive on Friday before noon at your front door. " * 6
 

@@ -1,8 +1,8 @@
 import json
 from collections import Counter
 
-from tunesmith.data.config import DemoDataConfig
 from tunesmith.data import demo
+from tunesmith.data.config import DemoDataConfig
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):

@@ -1,18 +1,15 @@
 """`tunesmith eval` end to end on a tiny LoRA run of the default model, base versus tuned."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import tuned_helpers as helpers  # noqa: E402
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.eval import run as eval_run
+from tunesmith.eval.config import EvalConfig
+from tunesmith.eval.generate import read_examples
 
-from tunesmith.eval.config import EvalConfig  # noqa: E402
-from tunesmith.errors import ConfigError, DataError  # noqa: E402
-from tunesmith.eval import run as eval_run  # noqa: E402
-from tunesmith.eval.generate import read_examples  # noqa: E402
+import tuned_helpers as helpers
 
 
 @pytest.fixture(scope="module")
