@@ -91,7 +91,8 @@ class DataChecksConfig(StrictModel):
     pii: Annotated[Literal["redact", "drop", "off"], Flag("--pii")] = Field(
         "redact", description="personal data and secrets: redact, drop or off")
     dedup: DedupSettings = Field(default_factory=DedupSettings)
-    max_chars: int = Field(100_000, ge=1, description="examples with more characters are rejected as too_long")
+    max_chars: Annotated[int, Flag("--max-chars")] = Field(
+        100_000, ge=1, description="examples with more characters are rejected as too_long")
     model: Annotated[Optional[ModelConfig], Flag("--model", key="path")] = Field(
         None, description="count tokens with this model's tokenizer and chat template (a directory, hub id or `default`)")
     max_seq_len: Annotated[int, Flag("--max-seq-len")] = Field(2048, ge=8, description="token limit, used with --model")
