@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_helpers import LiveServer, build_adapter
 
 from tunesmith.serve.config import ServeConfig
+
+from serve_helpers import LiveServer, build_adapter
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clients" / "dotnet"
 KEY = "dotnet-test-key"

@@ -8,9 +8,10 @@ import concurrent.futures
 import httpx
 import openai
 import pytest
-from serve_helpers import QUESTIONS, LiveServer, wait_for
 
 from tunesmith.serve.config import ServeConfig
+
+from serve_helpers import QUESTIONS, LiveServer, wait_for
 
 KEY = "test-key-51c9"
 BASE = "tunesmith-demo-4m"

@@ -16,9 +16,10 @@ import time
 import httpx
 import pytest
 import torch
-from serve_helpers import QUESTIONS, LiveServer, metric, wait_for
 
 from tunesmith.serve.config import ServeConfig
+
+from serve_helpers import QUESTIONS, LiveServer, metric, wait_for
 
 BASE = "tunesmith-demo-4m"
 LONG = {"model": BASE, "messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 500,

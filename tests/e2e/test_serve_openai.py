@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_helpers import QUESTIONS, LiveServer, metric, wait_for
 
 from tunesmith.serve.config import ServeConfig
+
+from serve_helpers import QUESTIONS, LiveServer, metric, wait_for
 
 KEY = "test-key-7f3a"
 BASE = "tunesmith-demo-4m"

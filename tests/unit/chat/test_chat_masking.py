@@ -4,12 +4,13 @@ template family, and anything that cannot be masked exactly is an error, never a
 from __future__ import annotations
 
 import pytest
-from chat_helpers import A1, A2, A3, Q1, Q2, Q3, SYSTEM, labelled_runs, train_tokenizer
 
 from tunesmith.chat.masking import IGNORE_INDEX, UntrainableConversationError, tokenize_conversation
 from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import end_of_turn_token, stop_token_ids
 from tunesmith.errors import DataError, TemplateError
+
+from chat_helpers import A1, A2, A3, Q1, Q2, Q3, SYSTEM, labelled_runs, train_tokenizer
 
 PAIRS = [(Q1, A1), (Q2, A2), (Q3, A3)]
 

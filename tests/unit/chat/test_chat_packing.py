@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-from chat_helpers import tiny_llama
 
 from tunesmith.chat.masking import IGNORE_INDEX
 from tunesmith.chat.packing import (
@@ -17,6 +16,8 @@ from tunesmith.chat.packing import (
     first_fit_decreasing,
     pack_examples,
 )
+
+from chat_helpers import tiny_llama
 
 VOCAB = 64
 

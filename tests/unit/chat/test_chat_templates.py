@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from chat_helpers import A1, A2, Q1, Q2, SYSTEM, labelled_runs, train_tokenizer
 
 from tunesmith.chat.masking import tokenize_conversation
 from tunesmith.chat.templates import ensure_chat_template, render_prompt, render_prompt_text
 from tunesmith.chat.tokens import end_of_turn_token, ensure_pad_token, stop_token_ids
 from tunesmith.errors import TemplateError
 from tunesmith.models import default_model_path
+
+from chat_helpers import A1, A2, Q1, Q2, SYSTEM, labelled_runs, train_tokenizer
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": {"type": "object",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from chat_helpers import A1, A2, Q1, Q2, build_families, tiny_llama, train_tokenizer
 from transformers import GenerationConfig
 
 from tunesmith.chat.masking import IGNORE_INDEX, tokenize_conversation
@@ -17,6 +16,8 @@ from tunesmith.chat.tokens import (
     prepare_chat_model,
     stop_token_ids,
 )
+
+from chat_helpers import A1, A2, Q1, Q2, build_families, tiny_llama, train_tokenizer
 
 
 def test_stop_ids_add_the_generation_configs_eos_ids(families):

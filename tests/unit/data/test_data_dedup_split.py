@@ -6,10 +6,11 @@ import random
 from collections import Counter
 
 import pytest
-from data_helpers import chat
 
 from tunesmith.data import split
 from tunesmith.data.dedup import Deduplicator, _IdTable, dedup_text, lsh_bands
+
+from data_helpers import chat
 
 def _first_seen(dedup: Deduplicator, rows) -> list:
     results = []

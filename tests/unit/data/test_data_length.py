@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_helpers import chat
 
 from tunesmith.chat.masking import tokenize_conversation
 from tunesmith.data import inspect, prepare
@@ -15,6 +14,8 @@ from tunesmith.data.length import LengthChecker, load_chat_tokenizer
 from tunesmith.data.rules import Reject
 from tunesmith.models import default_model_path
 from tunesmith.models.config import ModelConfig
+
+from data_helpers import chat
 
 LONG_ANSWER = "The parcel is in transit and should arrive on Friday before noon at your front door. " * 6
 

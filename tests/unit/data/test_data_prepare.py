@@ -6,13 +6,14 @@ import hashlib
 import json
 
 import pytest
-from data_helpers import chat
 
 from tunesmith.data import prepare
 from tunesmith.data.config import DataPrepareConfig
 from tunesmith.data.dedup import Deduplicator
 from tunesmith.data.schema import ROW_KEYS
 from tunesmith.errors import ConfigError, DataError
+
+from data_helpers import chat
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
 

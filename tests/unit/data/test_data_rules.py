@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from data_helpers import chat
 
 from tunesmith.data import demo
 from tunesmith.data.config import DataChecksConfig, DemoDataConfig
 from tunesmith.data.pipeline import Checks, Kept, Rejected
 from tunesmith.data.rules import RULES, Reject
 from tunesmith.data.validate import validate
+
+from data_helpers import chat
 
 
 def _outcomes(paths, **settings):

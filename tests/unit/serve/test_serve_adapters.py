@@ -8,13 +8,14 @@ import shutil
 
 import pytest
 import torch
-from serve_helpers import build_adapter, write_run_dir
 
 from tunesmith.errors import ModelError, ServeError
 from tunesmith.models import default_model_path
 from tunesmith.models.config import ModelConfig
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.serve.adapters import AdapterRegistry, Target, check_name, prepare_adapter, resolve_under_root
+
+from serve_helpers import build_adapter, write_run_dir
 
 
 @pytest.mark.parametrize("name", ["support", "v1.2_final-B", "x" * 64])

@@ -8,13 +8,14 @@ import dataclasses
 import threading
 
 import pytest
-from serve_helpers import QUESTIONS, metric
 
 from tunesmith.chat.templates import render_prompt
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import SamplingParams
 from tunesmith.serve.protocol import APIError
 from tunesmith.serve.state import create_state
+
+from serve_helpers import QUESTIONS, metric
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 FIXED_LENGTH = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
