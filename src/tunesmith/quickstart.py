@@ -123,6 +123,7 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> Quickst
     from tunesmith.export import merge, run as export
 
     merged = merge.run(MergeConfig(run=str(out / "train"), out=out / "merged"), say=say)
+    say(merged.summary())
     exported = export.run(ExportConfig(source=str(out / "merged"), out=out / "export" / f"{ADAPTER_NAME}.gguf",
                                        quant=cfg.gguf_quant, ollama=True, name=ADAPTER_NAME), say=say)
     done("export")
