@@ -507,6 +507,11 @@ def quickstart(
     tour.run(cfg, say=lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True))
 
 
+from tunesmith.ui.cli import ui as ui_cmd  # noqa: E402  (the web UI's verb lives in its package)
+
+app.command("ui")(ui_cmd)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
