@@ -87,12 +87,13 @@ class UiGuard:
         await self.app(scope, receive, send)
 
 
-def build_ui_app(cfg: UiConfig) -> FastAPI:
-    """The standalone UI: a workspace on disk and, optionally, a model server at `cfg.server`."""
+def build_ui_app(cfg: UiConfig, *, upstream: Optional[Upstream] = None) -> FastAPI:
+    """The standalone UI: a workspace on disk and, optionally, a model server at `cfg.server`
+    (or `upstream`, any OpenAI-compatible ASGI app, given in-process)."""
     workspace = Workspace.open(cfg.workspace)
     api_key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get(API_KEY_ENV) or None
     review_db = cfg.review_db if cfg.review_db is not None else workspace.root / REVIEW_DB
-    ctx = UiContext(workspace=workspace, review_db=Path(review_db), upstream=Upstream(cfg.server),
+    ctx = UiContext(workspace=workspace, review_db=Path(review_db), upstream=upstream or Upstream(cfg.server),
                     max_body_bytes=cfg.max_body_bytes, auth_required=bool(api_key))
     app = FastAPI(title="tunesmith ui", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     _add_pages(app, ctx)
