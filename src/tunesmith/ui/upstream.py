@@ -90,7 +90,17 @@ class Upstream:
 
 
 @lru_cache(maxsize=8)
-def _tokenizer_for(root: str):
+def _tokenizer_for(root: str, adapter: bool):
+    """A base model's tokenizer, or the one saved with an adapter (None when the adapter has no
+    tokenizer with a chat template of its own, in which case the server uses the base's, as
+    serve/adapters.py decides)."""
+    if adapter:
+        from transformers import AutoTokenizer
+
+        if not (Path(root) / "tokenizer_config.json").is_file():
+            return None
+        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
+        return tokenizer if getattr(tokenizer, "chat_template", None) else None
     from tunesmith.config import ModelConfig
     from tunesmith.models.loading import load_tokenizer
 
@@ -117,4 +127,7 @@ def tokenizer_from_models_list(models: list[dict[str, Any]], name: str):
     if not root or not Path(root).exists():
         raise UpstreamError(f"the files of {name!r} ({root}) are not on this machine, so the UI cannot render "
                             "its prompt", status=409, hint="open the UI on the server itself (/ui)")
-    return _tokenizer_for(str(root))
+    tokenizer = _tokenizer_for(str(root), bool(entry.get("parent")))
+    if tokenizer is None:
+        return tokenizer_from_models_list(models, entry["parent"])
+    return tokenizer
