@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 from typing import Optional
@@ -29,6 +30,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def ui(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Directory whose runs, evaluations and datasets are shown (default .)."),
     server: Optional[str] = typer.Option(None, "--server", help="URL of a `tunesmith serve` for the playground and reviews."),
@@ -45,12 +53,16 @@ def ui(
 
     from tunesmith.cli import err_console, resolve_config
     from tunesmith.ui.app import build_ui_app
-    from tunesmith.ui.config import UiConfig
+    from tunesmith.ui.config import API_KEY_ENV, UiConfig
 
     cfg = resolve_config(UiConfig, config, sets, print_config, workspace=workspace, server=server, host=host,
                          port=port, api_key=api_key, review_db=review_db)
     app = build_ui_app(cfg)
     sock = _bind(cfg.host, cfg.port)
+    if not _is_loopback(cfg.host) and cfg.api_key is None and not os.environ.get(API_KEY_ENV):
+        err_console.print(f"warning: the UI listens on {cfg.host} without an API key: anyone who can reach this "
+                          "port can read the workspace's runs and generate with the server; set --api-key",
+                          highlight=False, soft_wrap=True)
     try:
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -10,58 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-KEY = "ui-test-key"
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1000")
-
-
-def _require_browser() -> None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        pytest.skip("the browser tests need selenium: pip install 'tunesmith[dev]'")
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("the browser tests need Debian's Chromium: apt-get install chromium chromium-driver "
-                    f"({CHROMIUM} and {CHROMEDRIVER} not found)")
-
-
-class ThreadedApp:
-    """Any ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
-
-    def __init__(self, app):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        from serve_helpers import wait_for
-
-        self.thread.start()
-        wait_for(lambda: self.server.started, timeout=30, what="the UI server to start")
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
+from ui_helpers import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM, KEY, ThreadedApp, require_browser
 
 
 @pytest.fixture(scope="session")
 def workspace() -> Path:
-    _require_browser()
+    require_browser()
     from workspace_builder import built_workspace
 
     return built_workspace()
@@ -99,7 +58,7 @@ def standalone_ui(workspace, serve):
 
 @pytest.fixture(scope="session")
 def browser():
-    _require_browser()
+    require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -6,11 +6,10 @@ import json
 import shutil
 import sqlite3
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import KEY, ThreadedApp
+from ui_helpers import KEY, ThreadedApp
 from fastapi import FastAPI, Request
 from workspace_builder import metrics_records
 
@@ -36,6 +35,12 @@ def open_ui(driver, base_url, hash_="#/runs", *, key=KEY):
          what=f"{hash_} to load")
     assert driver.execute_script("return document.querySelector('.page').dataset.ready") == "true", \
         driver.find_element("css selector", ".page").text
+
+
+def text_of(driver, element_id):
+    """An element's text read in one step in the page (the element may be re-rendered meanwhile)."""
+    return driver.execute_script("const e = document.getElementById(arguments[0]); return e ? e.textContent : null",
+                                 element_id)
 
 
 def chart_series(driver, canvas_id):
@@ -188,7 +193,7 @@ def test_blind_review_session_win_rate_and_preference_export(browser, standalone
         if len(outcomes) == 1:
             shoot("review-vote")
         outcomes.append(_choose(browser, outputs, prefer))
-        wait(browser, lambda d: d.find_element("id", "review-progress").text != progress, what="the next item")
+        wait(browser, lambda d: text_of(d, "review-progress") not in (None, progress), what="the next item")
     wait(browser, lambda d: d.find_elements("id", "review-done"), what="the end of the review")
 
     open_ui(browser, standalone_ui.url, f"#/review/{review_id}/results")
@@ -199,7 +204,7 @@ def test_blind_review_session_win_rate_and_preference_export(browser, standalone
     assert overall[7] == f"{100 * low:.1f}% – {100 * high:.1f}%"
     assert "ann" in browser.find_element("id", "results-table").text
     browser.find_element("id", "export").click()
-    wait(browser, lambda d: "preference pairs" in d.find_element("id", "export-status").text, what="the export")
+    wait(browser, lambda d: "preference pairs" in (text_of(d, "export-status") or ""), what="the export")
     shoot("review-results")
 
     exported = httpx.get(f"{standalone_ui.url}/ui/api/reviews/{review_id}/export", headers=AUTH).text

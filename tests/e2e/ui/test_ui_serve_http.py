@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import ThreadedApp
+from ui_helpers import ThreadedApp
 from serve_helpers import LiveServer, build_adapter, metric
 
 from tunesmith.chat.templates import render_prompt_text
@@ -67,3 +67,11 @@ def test_standalone_ui_renders_from_the_files_the_server_lists(served):
             assert rendered["text"] == render_prompt_text(live.state.resolve(model).tokenizer, MESSAGES)
         missing = httpx.post(f"{ui.url}/ui/api/chat", headers=AUTH, json={"model": "nope", "messages": MESSAGES})
         assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+
+
+def test_browser_tests_skip_with_the_install_line_when_chromium_is_absent(monkeypatch, tmp_path):
+    import ui_helpers
+
+    monkeypatch.setattr(ui_helpers, "CHROMIUM", tmp_path / "chromium")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        ui_helpers.require_browser()
