@@ -79,11 +79,29 @@ def test_runs_list_and_the_loss_chart_of_a_real_run(browser, standalone_ui, work
     assert chain.index("runs/sft") < chain.index("data")
     shoot("run")
 
+    open_ui(browser, standalone_ui.url, "#/run?path=data")
+    kept = json.loads((workspace / "data" / "manifest.json").read_text())["counts"]["kept"]
+    assert f"{kept} of {kept} examples kept as sft" in browser.find_element("css selector", ".page").text
+    assert "tickets.jsonl" in browser.find_element("id", "data-inputs").text
+    shoot("data")
+
     open_ui(browser, standalone_ui.url, "#/compare?a=evals%2Fsft&b=")
     cells = [c.text for c in browser.find_elements("css selector", "#compare-table tbody tr td")]
     tuned = json.loads((workspace / "evals" / "sft" / "metrics.json").read_text())["tuned"]
     assert "chrf" in cells and len(cells) == 4 * len(tuned)
     shoot("compare")
+
+    # Two evaluations side by side: the same one twice differs by nothing on every metric.
+    twin = workspace / "evals" / "twin"
+    shutil.copytree(workspace / "evals" / "sft", twin)
+    try:
+        open_ui(browser, standalone_ui.url, "#/compare?a=evals%2Fsft&b=evals%2Ftwin")
+        rows = [[c.text for c in r.find_elements("css selector", "td")]
+                for r in browser.find_elements("css selector", "#compare-table tbody tr")]
+        assert len(rows) == len(tuned) and all(r[3] in ("0", "–") for r in rows)
+        assert len(browser.find_elements("css selector", "table.samples tbody tr")) == 4
+    finally:
+        shutil.rmtree(twin)
 
 
 def test_a_run_in_progress_is_drawn_as_its_metrics_grow(browser, standalone_ui, workspace):
