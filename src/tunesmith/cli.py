@@ -329,6 +329,11 @@ for _group, _verb in VERBS:
     register(_group, _verb)
 
 
+from tunesmith.ui.cli import ui as ui_cmd  # noqa: E402  (the web UI's verb lives in its package)
+
+app.command("ui")(ui_cmd)
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -28,6 +28,7 @@ from tunesmith.serve.protocol import APIError, LoadLoraRequest, UnloadLoraReques
 from tunesmith.serve.routes import ROUTES as GENERATION_ROUTES
 from tunesmith.serve.routes import read_json, router
 from tunesmith.serve.state import ServeState, create_state
+from tunesmith.ui.app import is_public_ui_path, mount_ui
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -52,7 +53,7 @@ class GuardMiddleware:
             return APIError(503, "The server is shutting down.", type="server_error", code="server_shutting_down",
                             headers={"Connection": "close", "Retry-After": "5"})
         headers = dict(scope.get("headers") or [])
-        if state.api_key and scope["path"] not in PUBLIC_PATHS:
+        if state.api_key and scope["path"] not in PUBLIC_PATHS and not is_public_ui_path(scope["path"]):
             header = headers.get(b"authorization", b"").decode("latin-1")
             if not bearer_matches(header, state.api_key):
                 return unauthorized()
@@ -152,6 +153,7 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
     _install_error_handlers(app)
     app.include_router(router)
     _add_admin_routes(app, state)
+    mount_ui(app, state)  # /ui: the web UI, generating through this app's own routes
     app.add_middleware(GuardMiddleware, state=state)
     return app
 
