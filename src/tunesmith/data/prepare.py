@@ -20,6 +20,7 @@ from typing import Any, Callable
 from tunesmith import __version__
 from tunesmith.config import DataPrepareConfig, config_to_yaml
 from tunesmith.data import report, split
+from tunesmith.data.bounded import RAW_EXCERPT_CHARS, excerpt
 from tunesmith.data.pipeline import Checks, Kept, Rejected, Stats
 from tunesmith.data.readers import require_file
 from tunesmith.data.rules import RULES
@@ -61,9 +62,15 @@ def rejected_line(outcome: Rejected) -> str:
     if finding.field:
         row["field"] = finding.field
     if outcome.shown is not None:
-        row["record"] = outcome.shown
+        shown = json.dumps(outcome.shown, ensure_ascii=False)
+        if len(shown) <= RAW_EXCERPT_CHARS:
+            row["record"] = outcome.shown
+        else:  # a huge example: the report needs where and why, not all of it again
+            row["raw"], row["raw_truncated"] = excerpt(shown), True
     else:
         row["raw"] = record.raw
+        if record.raw is not None and (len(record.raw) > RAW_EXCERPT_CHARS or finding.rule == "too_long"):
+            row["raw"], row["raw_truncated"] = excerpt(record.raw), True
     return json.dumps(row, ensure_ascii=False)
 
 
@@ -159,6 +166,7 @@ def _manifest(cfg: DataPrepareConfig, stats: Stats, staging: Path, rows: dict[st
         inputs.append({"path": summary.path, "sha256": sha256_file(path), "bytes": path.stat().st_size,
                        "container": summary.container, "format": summary.format, "records": summary.records,
                        "kept": summary.kept, "rejected": summary.rejected,
+                       "nul_bytes_stripped": summary.nul_bytes_stripped,
                        "ignored_fields": dict(sorted(summary.ignored_fields.items()))})
     rejected = {rule: stats.rejected[rule] for rule in RULES if stats.rejected[rule]}
     counts = {

@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.data.bounded import depth_over
+
 # OpenAI accepts at most 4 stop sequences; the bound also keeps the per-token stop scan cheap.
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
@@ -70,19 +72,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def json_depth_over(value: Any, limit: int) -> bool:
-    """Whether `value` nests lists/objects deeper than `limit` (iterative: no recursion to exhaust)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
-
-
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     if not body.strip():
@@ -94,7 +83,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:  # nested deeper than the parser's stack allows
         data = _TOO_DEEP
-    if data is _TOO_DEEP or json_depth_over(data, MAX_JSON_DEPTH):
+    if data is _TOO_DEEP or depth_over(data, MAX_JSON_DEPTH):
         raise bad_request(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
     if not isinstance(data, dict):
         raise bad_request(f"The request body must be a JSON object, not a JSON {type(data).__name__}.",
