@@ -156,6 +156,7 @@ def _split_shares(text: Optional[str]) -> dict[str, float]:
 def data_prepare(
     inputs: Optional[list[Path]] = InputsArg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Write into a non-empty --out that data prepare did not write."),
     format: Optional[str] = FormatOpt,
     map: Optional[list[str]] = MapOpt,
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Fail, writing nothing, if any example is invalid."),
@@ -177,8 +178,8 @@ def data_prepare(
 
     cfg = resolve_config(
         DataPrepareConfig, config, sets, print_config,
-        inputs=[str(p) for p in inputs] if inputs else None, out=out, format=format, map=_field_map(map),
-        strict=strict, pii=pii, overlong=overlong, max_seq_len=max_seq_len, seed=seed,
+        inputs=[str(p) for p in inputs] if inputs else None, out=out, overwrite=overwrite, format=format,
+        map=_field_map(map), strict=strict, pii=pii, overlong=overlong, max_seq_len=max_seq_len, seed=seed,
         **{"dedup.threshold": dedup_threshold, "model.path": model, "split.stratify_by": stratify_by},
         **_split_shares(split),
     )

@@ -317,6 +317,7 @@ class DataPrepareConfig(DataChecksConfig):
     """`tunesmith data prepare`: a clean, validated, split dataset with a report."""
 
     out: Optional[Path] = Field(None, description="output directory")
+    overwrite: bool = Field(False, description="write into a non-empty output directory that data prepare did not write")
     strict: bool = Field(False, description="fail (and write nothing) if any example is rejected")
     seed: int = 0
     split: SplitSettings = Field(default_factory=SplitSettings)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -19,22 +18,29 @@ GOOD = json.dumps({"messages": [{"role": "user", "content": "Where is my order?"
                                 {"role": "assistant", "content": "It ships today."}]})
 
 
-def _prepare_peak_mb(inputs: list[Path], out: Path) -> tuple[int, float, str]:
-    """(exit code, peak RSS in MB, stderr) of `tunesmith data prepare` in a child process."""
-    def cap_memory():  # a safety net: a regression fails this test instead of swapping the machine
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+# Runs the CLI in the child and reports VmHWM (the peak of this program's own memory): ru_maxrss
+# would also count the pytest parent's memory, which a forked child carries across exec.
+CHILD = """
+import atexit, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a regression fails instead of swapping
+def report():
+    status = open("/proc/self/status").read()
+    print("VmHWM_kB", status.split("VmHWM:")[1].split()[0], file=sys.stderr)
+atexit.register(report)
+from tunesmith.cli import main
+main(sys.argv[1:])
+"""
 
+
+def _prepare_peak_mb(inputs: list[Path], out: Path) -> tuple[int, float, str]:
+    """(exit code, peak RSS in MB, output) of `tunesmith data prepare` in a child process."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3] / "src")}
-    log = out.parent / f"{out.name}.log"
-    with open(log, "wb") as sink:
-        child = subprocess.Popen([sys.executable, "-m", "tunesmith", "data", "prepare", *map(str, inputs),
-                                  "--out", str(out)], stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                 preexec_fn=cap_memory)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not all children's
-    child.returncode = os.waitstatus_to_exitcode(status)
-    peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
+    child = subprocess.run([sys.executable, "-c", CHILD, "data", "prepare", *map(str, inputs), "--out", str(out)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    output = child.stdout + child.stderr
+    peak_mb = int(output.split("VmHWM_kB ")[1].split()[0]) / 1024
     print(f"{[p.name for p in inputs]}: peak RSS {peak_mb:.0f} MB")
-    return child.returncode, peak_mb, log.read_text()
+    return child.returncode, peak_mb, output
 
 
 @pytest.fixture
