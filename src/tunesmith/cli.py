@@ -289,6 +289,8 @@ def serve(
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Load the base in 4bit or 8bit (bitsandbytes)."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Name clients use for the base model."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda when present)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: half the cores, 1 to 8)."),
+    drain_timeout: Optional[float] = typer.Option(None, "--drain-timeout", help="Seconds to finish requests after SIGTERM (default 30)."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[list[str]] = SetOpt,
     print_config: bool = PrintConfigOpt,
@@ -300,7 +302,7 @@ def serve(
         ServeConfig, config, sets, print_config,
         adapters=_adapter_specs(adapter), adapter_root=adapter_root, host=host, port=port, api_key=api_key,
         max_batch_size=max_batch_size, max_loaded_adapters=max_loaded_adapters, max_body_bytes=max_body_bytes,
-        served_model_name=served_model_name, device=device,
+        served_model_name=served_model_name, device=device, threads=threads, drain_timeout=drain_timeout,
         **{"model.path": model, "model.quantization": quantization},
     )
     from tunesmith.serve.server import run
