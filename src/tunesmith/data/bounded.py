@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -157,16 +158,43 @@ def depth_over(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def loads_bounded(text: str | bytes) -> Any:
-    """json.loads that raises TooDeep for nesting over MAX_JSON_DEPTH (however deep)."""
+def loads_bounded(text: str) -> Any:
+    """json.loads that raises TooDeep for nesting over MAX_JSON_DEPTH (however deep), and
+    LoneSurrogate for a \\uD800-style escape that encodes half a character."""
     try:
         value = json.loads(text)
     except RecursionError:
         raise TooDeep from None
     if isinstance(value, (dict, list)) and depth_over(value):
         raise TooDeep
+    if SURROGATE_ESCAPE.search(text) and has_lone_surrogate(value):
+        raise LoneSurrogate
     return value
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (or key) in `value` holds half a UTF-16 pair, which no file can store."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class TooDeep(ValueError):
     message = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+class LoneSurrogate(ValueError):
+    message = "a \\uD800-\\uDFFF escape stands for half a character (a lone surrogate), which is not valid text"

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Literal
 
-from tunesmith.data.bounded import (DEFAULT_LINE_BYTES, RAW_EXCERPT_CHARS, Overlong, TooDeep, bounded_lines,
-                                    depth_over, excerpt, loads_bounded, open_binary, read_at_most)
+from tunesmith.data.bounded import (DEFAULT_LINE_BYTES, RAW_EXCERPT_CHARS, SURROGATE_ESCAPE, LoneSurrogate, Overlong, TooDeep,
+                                    bounded_lines, depth_over, excerpt, has_lone_surrogate, loads_bounded,
+                                    open_binary, read_at_most)
 from tunesmith.errors import DataError
 
 __all__ = ["RAW_EXCERPT_CHARS", "Record", "container_of", "iter_records", "require_file"]
@@ -145,6 +146,8 @@ def _parse_json_line(text: str, source: str, line: int) -> Record:
         value = loads_bounded(text)
     except TooDeep as exc:
         return Record(source, line, raw=excerpt(text.rstrip("\r\n")), rule="too_deep", message=exc.message)
+    except LoneSurrogate as exc:
+        return Record(source, line, raw=excerpt(text.rstrip("\r\n")), rule="non_utf8", message=exc.message)
     except json.JSONDecodeError as exc:
         return Record(source, line, raw=excerpt(text.rstrip("\r\n")), rule="invalid_json",
                       message=f"{exc.msg} at column {exc.colno}")
@@ -267,11 +270,14 @@ def _json_array(fh: BinaryIO, source: str, limit: int) -> Iterator[Record]:
             break
         if end - pos > limit:
             raise too_big()
-        start_line = line
+        start_line, start = line, pos
         line += buf.count("\n", pos, end)
         pos = end
         if depth_over(value):
             yield Record(source, start_line, rule="too_deep", message=TooDeep.message)
+            continue
+        if SURROGATE_ESCAPE.search(buf, start, end) and has_lone_surrogate(value):
+            yield Record(source, start_line, rule="non_utf8", message=LoneSurrogate.message)
             continue
         yield Record(source, start_line, value=value)
 
@@ -335,6 +341,8 @@ def _csv_record(row: dict, source: str, start: int) -> Record:
         value = {k: _csv_cell(k, v) for k, v in cells.items()}
     except TooDeep as exc:
         return Record(source, start, raw=excerpt(raw), rule="too_deep", message=exc.message, nul_bytes=nuls)
+    except LoneSurrogate as exc:
+        return Record(source, start, raw=excerpt(raw), rule="non_utf8", message=exc.message, nul_bytes=nuls)
     except json.JSONDecodeError as exc:
         return Record(source, start, raw=excerpt(raw), rule="invalid_json",
                       message=f"a JSON cell is not valid JSON: {exc.msg} at column {exc.colno}", nul_bytes=nuls)

@@ -133,3 +133,15 @@ def test_a_fifo_and_a_symlink_loop_say_what_they_are(tmp_path):
     os.symlink(tmp_path / "nowhere.jsonl", dangling)
     with pytest.raises(DataError, match="broken symlink"):
         readers.require_file(dangling)
+
+
+@pytest.mark.parametrize("name, body", [
+    ("a.jsonl", '{"text": "\\ud800"}\n{"text": "\\ud83d\\ude00 fine"}\n'),
+    ("a.json", '[{"text": "\\udfff"}, {"text": "\\ud83d\\ude00 fine"}]'),
+    ("a.csv", 'messages,text\n"[{""role"": ""user"", ""content"": ""\\ud800""}]",x\n,"\\ud83d\\ude00 fine"\n'),
+])
+def test_a_lone_surrogate_escape_is_non_utf8_and_a_pair_is_fine(tmp_path, name, body):
+    """Found by the fuzz test: "\\ud800" is valid JSON syntax but no UTF-8 file can hold it."""
+    path = tmp_path / name
+    path.write_text(body)
+    assert [rule for _, rule in _records(path)] == ["non_utf8", None]
