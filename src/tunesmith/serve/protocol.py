@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunesmith.data.bounded import depth_over
+from tunesmith.data.bounded import depth_over, has_lone_surrogate
 
 # OpenAI accepts at most 4 stop sequences; the bound also keeps the per-token stop scan cheap.
 MAX_STOP_SEQUENCES = 4
@@ -63,6 +64,7 @@ def _refuse_constant(name: str) -> float:
 
 
 _TOO_DEEP = object()
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _finite_float(text: str) -> float:
@@ -85,6 +87,10 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         data = _TOO_DEEP
     if data is _TOO_DEEP or depth_over(data, MAX_JSON_DEPTH):
         raise bad_request(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(body) and has_lone_surrogate(data):
+        # "\ud800" is valid JSON syntax, but half a character: no tokenizer can encode it.
+        raise bad_request("The request body holds a lone surrogate escape (\\uD800-\\uDFFF without its pair), "
+                          "which is not text.", code="invalid_json")
     if not isinstance(data, dict):
         raise bad_request(f"The request body must be a JSON object, not a JSON {type(data).__name__}.",
                           code="invalid_json")

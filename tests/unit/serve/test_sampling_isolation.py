@@ -129,3 +129,11 @@ def test_a_row_that_fails_to_sample_fails_alone(state, poison_at, monkeypatch):
     again = asyncio.run(alone())
     assert [t for t, _ in again] == [t for t, _ in expected]
     assert state.engine.idle
+
+
+@pytest.mark.parametrize("body", [b'{"prompt": "a\\udfff"}', b'{"messages": [{"content": "\\ud800"}]}'])
+def test_lone_surrogate_escapes_are_400_and_pairs_are_text(body):
+    with pytest.raises(APIError) as info:
+        parse_json_object(body)
+    assert info.value.status == 400 and "lone surrogate" in info.value.message
+    assert parse_json_object(b'{"prompt": "\\ud83d\\ude00"}') == {"prompt": "\U0001F600"}
