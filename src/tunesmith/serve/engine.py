@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import secrets
 import threading
 import time
@@ -447,6 +448,8 @@ class Engine:
 
 
 def _sample_row(logits: torch.Tensor, params: SamplingParams, generator) -> int:
+    if not (math.isfinite(params.temperature) and math.isfinite(params.top_p) and params.top_p > 0):
+        raise ValueError(f"cannot sample with temperature={params.temperature!r}, top_p={params.top_p!r}")
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
@@ -454,6 +457,10 @@ def _sample_row(logits: torch.Tensor, params: SamplingParams, generator) -> int:
         outside = sorted_probs.cumsum(0) - sorted_probs >= params.top_p
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    # On CUDA, multinomial checks its input with a device-side assert, which would end the process
+    # (every row with it); checked here, a bad distribution fails this row alone on any device.
+    if not bool(torch.isfinite(probs).all() & (probs.sum() > 0)):
+        raise ValueError("the sampling distribution is not finite (the scaled logits overflowed)")
     return int(torch.multinomial(probs, 1, generator=generator)[0])
 
 
