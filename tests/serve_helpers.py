@@ -34,6 +34,7 @@ def build_adapter(out: Path, seed: int, *, base: str | None = None, target_modul
     from peft import LoraConfig, get_peft_model
 
     model = load_model(ModelConfig(), device="cpu")
+    torch.manual_seed(seed)  # PEFT draws lora_A from the global generator: same seed, same adapter
     peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules),
                                                   use_dora=use_dora))
     generator = torch.Generator().manual_seed(seed)

@@ -34,6 +34,7 @@ from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
 from tunesmith.quickstart_config import QuickstartConfig
 from tunesmith.serve.config import ServeConfig
 from tunesmith.train.config import TrainConfig
+from tunesmith.ui.config import UiConfig
 
 console = Console()
 err_console = Console(stderr=True)
@@ -322,16 +323,14 @@ VERBS: list[tuple[typer.Typer, Verb]] = [
     (app, Verb("quickstart", QuickstartConfig, "tunesmith.quickstart:run",
                "The whole lifecycle on the demo ticket-triage task: prepare, train, evaluate, merge, export, serve.",
                run_kwargs=lambda: {"say": _say})),
+    (app, Verb("ui", UiConfig, "tunesmith.ui.cli:run",
+               "Browse runs and reports, chat with served models, and run blind A/B reviews in the browser.",
+               run_kwargs=lambda: {"announce": _say_err})),
 ]
 app.add_typer(export_app, name="export")
 app.add_typer(check_app, name="check")
 for _group, _verb in VERBS:
     register(_group, _verb)
-
-
-from tunesmith.ui.cli import ui as ui_cmd  # noqa: E402  (the web UI's verb lives in its package)
-
-app.command("ui")(ui_cmd)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -104,6 +104,8 @@ class DataPrepareConfig(DataChecksConfig):
     """`tunesmith data prepare`: a clean, validated, split dataset with a report."""
 
     out: Annotated[Optional[Path], Flag("--out", "-o")] = Field(None, description="output directory")
+    overwrite: Annotated[bool, Flag()] = Field(
+        False, description="write into a non-empty output directory that data prepare did not write")
     strict: Annotated[bool, Flag()] = Field(False, description="fail (and write nothing) if any example is rejected")
     seed: Annotated[int, Flag("--seed")] = Field(0, description="split seed; the same seed gives byte-identical files")
     split: Annotated[SplitSettings, Flag("--split", parse=parse_split_shares,

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 from tunesmith.data import formats, pii
 from tunesmith.data.config import DataChecksConfig
 from tunesmith.data.dedup import Deduplicator
+from tunesmith.data.bounded import line_limit
 from tunesmith.data.readers import Record, container_of, iter_records, require_file
 from tunesmith.data.rules import RULES, STEPS, Finding, Reject
 from tunesmith.data.schema import kind_of
@@ -39,6 +40,7 @@ class InputSummary:
     records: int = 0
     kept: int = 0
     rejected: int = 0
+    nul_bytes_stripped: int = 0
     ignored_fields: Counter[str] = field(default_factory=Counter)
 
 
@@ -124,7 +126,7 @@ class Checks:
         self.stats.dedup_bytes = self.dedup.nbytes
 
     def _file(self, index: int, path: Path, summary: InputSummary) -> Iterator[Kept | Rejected]:
-        records = iter_records(path, text_split=self.cfg.text_split)
+        records = iter_records(path, text_split=self.cfg.text_split, max_line_bytes=line_limit(self.cfg.max_chars))
         if summary.container == "txt":
             fmt = "text"
         elif self.cfg.format != "auto":
@@ -139,6 +141,7 @@ class Checks:
         summary.format = fmt
         for record in records:
             summary.records += 1
+            summary.nul_bytes_stripped += record.nul_bytes
             self.stats.read += 1
             if self.progress is not None and self.stats.read % PROGRESS_EVERY == 0:
                 self.progress(self.stats.read)

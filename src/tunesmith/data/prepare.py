@@ -10,6 +10,7 @@ leaves nothing behind. Same inputs, settings and seed give byte-identical files.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from tunesmith.data import report, split
 from tunesmith.data.config import DataPrepareConfig
+from tunesmith.data.bounded import RAW_EXCERPT_CHARS, excerpt
 from tunesmith.data.pipeline import Checks, Kept, Rejected, Stats
 from tunesmith.data.readers import require_file
 from tunesmith.data.rules import RULES
@@ -65,6 +67,44 @@ def check_inputs(cfg: DataPrepareConfig) -> None:
         if Path(cfg.out).resolve() in Path(path).resolve().parents:
             raise ConfigError(f"the output directory {cfg.out} holds the input {path}",
                               hint="write the prepared dataset to another directory")
+    check_out(Path(cfg.out), overwrite=cfg.overwrite)
+
+
+def _written_by_prepare(out: Path, entries: list[Path]) -> bool:
+    ours = {*OUTPUT_FILES, "manifest.json", "report.md", "config.yaml", report.HISTOGRAM}
+    if not all(entry.name in ours for entry in entries):
+        return False
+    try:
+        return json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("stage") == "data prepare"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an --out that cannot take the dataset, before any work: a file, a directory that
+    cannot be written, or one holding files data prepare did not write (unless `overwrite`)."""
+    existing = out
+    while not existing.exists():
+        if existing.is_symlink() or existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == out else f" (under {existing})"
+        raise ConfigError(f"--out {out}: {existing} is a file, not a directory{where}",
+                          hint="pass a directory for the prepared dataset")
+    if existing == out:
+        entries = sorted(out.iterdir())
+        if entries and not overwrite and not _written_by_prepare(out, entries):
+            shown = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise ConfigError(f"--out {out} is not empty ({shown}) and was not written by data prepare",
+                              hint="pick a new directory, or pass --overwrite to write the dataset's files into it")
+    try:  # os.access says yes to root even on read-only mounts, so try for real
+        fd, probe = tempfile.mkstemp(prefix=".tunesmith-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write to {existing}: {exc.strerror or exc}",
+                          hint="pick a directory you can write to") from None
 
 
 def rejected_line(outcome: Rejected) -> str:
@@ -74,9 +114,15 @@ def rejected_line(outcome: Rejected) -> str:
     if finding.field:
         row["field"] = finding.field
     if outcome.shown is not None:
-        row["record"] = outcome.shown
+        shown = json.dumps(outcome.shown, ensure_ascii=False)
+        if len(shown) <= RAW_EXCERPT_CHARS:
+            row["record"] = outcome.shown
+        else:  # a huge example: the report needs where and why, not all of it again
+            row["raw"], row["raw_truncated"] = excerpt(shown), True
     else:
         row["raw"] = record.raw
+        if record.raw is not None and (len(record.raw) > RAW_EXCERPT_CHARS or finding.rule == "too_long"):
+            row["raw"], row["raw_truncated"] = excerpt(record.raw), True
     return json.dumps(row, ensure_ascii=False)
 
 
@@ -148,9 +194,13 @@ def run(cfg: DataPrepareConfig, *, progress: Callable[[int], None] | None = None
             staging, "data prepare", cfg, inputs={"examples": inputs}, seed=cfg.seed, extra=details, timestamp=False,
             outputs=[staging / name for name in (*OUTPUT_FILES, report.HISTOGRAM, "report.md")])
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        out.mkdir(parents=True, exist_ok=True)
-        for produced in sorted(staging.iterdir()):
-            shutil.move(str(produced), out / produced.name)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for produced in sorted(staging.iterdir()):
+                shutil.move(str(produced), out / produced.name)
+        except OSError as exc:  # e.g. the disk filled up while moving the files in
+            raise DataError(f"cannot write the prepared dataset to {out}: {exc.strerror or exc}",
+                            hint="free some space or pick another --out, then run again") from None
     return PrepareResult(out, manifest)
 
 
@@ -161,6 +211,7 @@ def _described_inputs(stats: Stats) -> list[dict[str, Any]]:
         inputs.append({"path": summary.path, "sha256": sha256_file(path), "bytes": path.stat().st_size,
                        "container": summary.container, "format": summary.format, "records": summary.records,
                        "kept": summary.kept, "rejected": summary.rejected,
+                       "nul_bytes_stripped": summary.nul_bytes_stripped,
                        "ignored_fields": dict(sorted(summary.ignored_fields.items()))})
     return inputs
 

@@ -27,6 +27,8 @@ _RULES = (
          "fix the line (often a missing bracket or an unescaped quote or newline); each JSONL line must hold one whole JSON value"),
     Rule("non_utf8", "read", "the line holds bytes that are not UTF-8",
          "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"),
+    Rule("too_deep", "read", "the line nests JSON lists or objects more than 100 levels deep",
+         "flatten the example; no chat format needs such nesting"),
     Rule("not_an_object", "read", "the line is valid JSON but not an object ({...})",
          "write one JSON object per example, e.g. {\"messages\": [...]}"),
     Rule("missing_messages", "format", "the row lacks the fields its format needs (messages, conversations, instruction/output, ...)",

@@ -72,10 +72,7 @@ def find_adapter(path: str | Path, *, allow_pickle: bool = False) -> AdapterInfo
             f"(no {ADAPTER_CONFIG} in it or in its adapter/ folder)",
             hint="pass the output_dir of `tunesmith train`, or the folder holding adapter_config.json",
         )
-    try:
-        peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {adapter_dir / ADAPTER_CONFIG}: {exc}") from None
+    peft_config = _read_json_object(adapter_dir / ADAPTER_CONFIG)
     peft_type = str(peft_config.get("peft_type", "")).upper()
     if peft_type not in SUPPORTED_PEFT_TYPES:
         raise ModelError(
@@ -93,13 +90,26 @@ def find_adapter(path: str | Path, *, allow_pickle: bool = False) -> AdapterInfo
             raise ModelError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}")
     manifest: dict[str, Any] = {}
     if run_dir is not None and (run_dir / "manifest.json").is_file():
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    base = (manifest.get("base_model") or {}).get("path") or peft_config.get("base_model_name_or_path")
+        manifest = _read_json_object(run_dir / "manifest.json")
+    recorded_base = manifest.get("base_model") or {}
+    if not isinstance(recorded_base, dict):
+        raise ModelError(f"{run_dir / 'manifest.json'}: base_model is not an object")
+    base = recorded_base.get("path") or peft_config.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{adapter_dir} does not say which base model it was trained on",
                          hint="set base_model_name_or_path in adapter_config.json")
     return AdapterInfo(adapter_dir=adapter_dir, run_dir=run_dir, base_model=str(base),
                        peft_config=peft_config, manifest=manifest)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}", hint="the file is damaged; save the adapter again") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path} does not hold a JSON object", hint="the file is damaged; save the adapter again")
+    return value
 
 
 def check_base_weights(info: AdapterInfo, base_path: str, *, hint: str) -> None:

@@ -30,6 +30,7 @@ from tunesmith.models.adapters import (
     find_adapter,
 )
 from tunesmith.models.loading import resolve_model_path
+from tunesmith.serve.budget import within_budget
 
 _NAME = re.compile(ADAPTER_NAME_PATTERN)
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -122,6 +123,8 @@ def prepare_adapter(name: str, path: str | Path, *, base_target: Target, served_
     info = find_adapter(path, allow_pickle=False)
     if not (info.adapter_dir / ADAPTER_WEIGHTS).is_file():
         raise ModelError(f"{info.adapter_dir} has no {ADAPTER_WEIGHTS}; the server loads safetensors only")
+    _check_config_types(name, info.peft_config)
+    _check_weights_file(name, info.adapter_dir / ADAPTER_WEIGHTS)
     if not allow_base_mismatch and not base_matches(info.base_model, served_model):
         raise ModelError(
             f"adapter {name!r} was trained on {info.base_model}, but this server runs {served_model}",
@@ -151,6 +154,43 @@ def prepare_adapter(name: str, path: str | Path, *, base_target: Target, served_
     return PreparedAdapter(name=name, info=info, target=Target(name, name, target.tokenizer, target.stop_ids))
 
 
+def _check_config_types(name: str, config: dict[str, Any]) -> None:
+    """PEFT reads adapter_config.json without checking types; a wrong one fails deep in a load."""
+    def bad(field: str, wanted: str) -> ModelError:
+        return ModelError(f"adapter {name!r}: {field} in adapter_config.json is {config.get(field)!r}, not {wanted}",
+                          hint="the file is damaged or hand-edited; save the adapter again")
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not is_int(config.get("r")):
+        raise bad("r", "an integer")
+    if not isinstance(config.get("lora_alpha", 8), (int, float)) or isinstance(config.get("lora_alpha"), bool):
+        raise bad("lora_alpha", "a number")
+    targets = config.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise bad("target_modules", "a name or a list of names")
+    for field in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(field) or {}
+        if not (isinstance(pattern, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in pattern.values())):
+            raise bad(field, "a mapping of module names to numbers")
+
+
+def _check_weights_file(name: str, weights: Path) -> None:
+    """Read the safetensors header (not the tensors): random bytes or a truncated file is refused here."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            for key in fh.keys():
+                fh.get_slice(key).get_shape()
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise ModelError(f"adapter {name!r}: {weights.name} is not a readable safetensors file ({exc})",
+                         hint="the file is damaged; save the adapter again") from None
+
+
 def _adapter_target(name: str, info: AdapterInfo, base: Target, generation_config, stop_token_ids) -> Target:
     """The adapter's own tokenizer (its saved chat template is the one it was trained with)."""
     from transformers import AutoTokenizer
@@ -167,7 +207,9 @@ def _adapter_target(name: str, info: AdapterInfo, base: Target, generation_confi
         )
     if not getattr(tokenizer, "chat_template", None):
         return base
-    return Target(name, name, tokenizer, frozenset(stop_token_ids(tokenizer, generation_config)))
+    # Finding the end-of-turn token renders the adapter's template: a hostile one must not hang here.
+    stop_ids = within_budget(lambda: stop_token_ids(tokenizer, generation_config), what="render a probe conversation")
+    return Target(name, name, tokenizer, frozenset(stop_ids))
 
 
 def _check_layer_types(info: AdapterInfo, model) -> None:

@@ -28,6 +28,7 @@ from tunesmith.serve.protocol import APIError, LoadLoraRequest, UnloadLoraReques
 from tunesmith.serve.routes import ROUTES as GENERATION_ROUTES
 from tunesmith.serve.routes import read_json, router
 from tunesmith.serve.state import ServeState, create_state
+from tunesmith.serve.timeouts import BodyDeadline
 from tunesmith.ui.app import is_public_ui_path, mount_ui
 
 log = logging.getLogger("tunesmith.serve")
@@ -78,13 +79,17 @@ class GuardMiddleware:
             await send(message)
 
         state.active_requests += 1
+        receive = BodyDeadline(receive, state.cfg.body_timeout)
         try:
             refusal = self._refusal(scope)
             if refusal is not None:
                 if refusal.headers.get("Connection") == "close":
                     # Read the (bounded) body first: closing a socket with unread request bytes
                     # makes the kernel reset the connection, and the client never sees the 503.
-                    await _drain_body(receive, state.cfg.max_body_bytes)
+                    try:
+                        await _drain_body(receive, state.cfg.max_body_bytes)
+                    except APIError:  # the body trickles: answer now, the connection closes anyway
+                        pass
                 await error_response(refusal)(scope, receive, tracking_send)
             else:
                 await self.app(scope, receive, tracking_send)
@@ -146,6 +151,7 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
             yield
         finally:
             await asyncio.get_running_loop().run_in_executor(None, state.engine.shutdown)
+            state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tunesmith serve", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
@@ -171,14 +177,14 @@ def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        # Names only: where the model and adapters live on the server is none of a client's business.
         created = int(state.created)
         data = [{"id": state.base.name, "object": "model", "created": created, "owned_by": "tunesmith",
-                 "root": state.served_model, "parent": None}]
+                 "root": state.base.name, "parent": None}]
         for name in state.registry.names():
-            prepared = state.registry.get(name)
-            if prepared is not None:
+            if state.registry.get(name) is not None:
                 data.append({"id": name, "object": "model", "created": created, "owned_by": "tunesmith",
-                             "root": str(prepared.info.adapter_dir), "parent": state.base.name})
+                             "root": name, "parent": state.base.name})
         return {"object": "list", "data": data}
 
     def _require_management() -> None:

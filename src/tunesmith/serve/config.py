@@ -67,6 +67,12 @@ class ServeConfig(StrictModel):
     max_n: int = Field(8, ge=1, le=256, description="largest `n` (choices per request)")
     allow_base_mismatch: bool = Field(
         False, description="serve adapters whose recorded base model has another name (shapes are still checked)")
+    threads: Annotated[Optional[int], Flag("--threads")] = Field(
+        None, ge=1, le=1024, description="CPU threads for the model's forward passes; default: half the cores, 1 to 8")
+    drain_timeout: Annotated[float, Flag("--drain-timeout")] = Field(
+        30.0, ge=0, description="seconds after SIGTERM that requests in flight may take before the server exits anyway")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a client may take to send a request's headers")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a request's body")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("adapters")

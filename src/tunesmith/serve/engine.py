@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import secrets
 import threading
 import time
@@ -285,11 +286,9 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.registry.model.config)
         logits = self._forward(input_ids, mask, positions, cache, rows)
-        tokens = self._sample(logits, rows)
+        tokens, failed = self._sample(logits, rows)
         self._join(rows, cache, mask, positions[:, -1:] + 1, tokens)
-        for seq, token in zip(rows, tokens.tolist()):
-            self._accept(seq, token)
-        self._retire()
+        self._accept_all(rows, tokens, failed)
 
     def _join(self, rows, cache, mask, positions, tokens) -> None:
         from transformers.cache_utils import DynamicLayer
@@ -315,28 +314,38 @@ class Engine:
         ones = torch.ones((len(self._rows), 1), dtype=self._mask.dtype, device=self.device)
         self._mask = torch.cat([self._mask, ones], dim=1)
         logits = self._forward(self._last, self._mask, self._positions, self._cache, self._rows)
-        tokens = self._sample(logits, self._rows)
+        tokens, failed = self._sample(logits, self._rows)
         self._positions = self._positions + 1
         self._last = tokens.view(-1, 1)
-        for seq, token in zip(self._rows, tokens.tolist()):
-            self._accept(seq, token)
-        self._retire()
+        self._accept_all(list(self._rows), tokens, failed)
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> tuple[torch.Tensor, set[int]]:
+        """The next token of every row, and the rows whose sampling raised (their token is a stand-in)."""
         tokens = logits.argmax(dim=-1)
+        failed: set[int] = set()
         for i, seq in enumerate(rows):
             params = seq.params
             if params.temperature <= 0:
                 continue
-            probs = torch.softmax(logits[i] / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-                outside = sorted_probs.cumsum(0) - sorted_probs >= params.top_p
-                sorted_probs[outside] = 0.0
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            tokens[i] = torch.multinomial(probs, 1, generator=seq.generator)[0]
-        return tokens
+            try:
+                tokens[i] = _sample_row(logits[i], params, seq.generator)
+            except Exception:  # noqa: BLE001 - one row's bad parameters must not fail its neighbours
+                log.exception("sampling failed for one sequence (temperature=%r, top_p=%r); failing that "
+                              "request only", params.temperature, params.top_p)
+                failed.add(i)
+        return tokens, failed
+
+    def _accept_all(self, rows: list[_Sequence], tokens: torch.Tensor, failed: set[int]) -> None:
+        for i, (seq, token) in enumerate(zip(rows, tokens.tolist())):
+            if i in failed:
+                self._emit(seq, "", error=_generation_failed())
+                continue
+            try:
+                self._accept(seq, token)
+            except Exception:  # noqa: BLE001 - e.g. a detokenizer error: this row only
+                log.exception("handling a generated token failed; failing that request only")
+                self._emit(seq, "", error=_generation_failed())
+        self._retire()
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.generated += 1
@@ -436,6 +445,23 @@ class Engine:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # that loop has closed: its clients are gone
                 pass
+
+
+def _sample_row(logits: torch.Tensor, params: SamplingParams, generator) -> int:
+    if not (math.isfinite(params.temperature) and math.isfinite(params.top_p) and params.top_p > 0):
+        raise ValueError(f"cannot sample with temperature={params.temperature!r}, top_p={params.top_p!r}")
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        outside = sorted_probs.cumsum(0) - sorted_probs >= params.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    # On CUDA, multinomial checks its input with a device-side assert, which would end the process
+    # (every row with it); checked here, a bad distribution fails this row alone on any device.
+    if not bool(torch.isfinite(probs).all() & (probs.sum() > 0)):
+        raise ValueError("the sampling distribution is not finite (the scaled logits overflowed)")
+    return int(torch.multinomial(probs, 1, generator=generator)[0])
 
 
 def _generation_failed() -> APIError:

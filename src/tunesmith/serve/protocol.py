@@ -9,15 +9,24 @@ exceptions. FastAPI's own 422 responses would break those clients.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.data.bounded import depth_over, has_lone_surrogate
 
 # OpenAI accepts at most 4 stop sequences; the bound also keeps the per-token stop scan cheap.
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
+# Below this a temperature or top_p means greedy decoding: such values are greedy in effect, and in
+# float32 they vanish (1e-300 becomes 0) or make logits / temperature overflow, so sampling would fail.
+GREEDY_BELOW = 1e-6
+# Deeper JSON than any OpenAI request needs; the check runs before anything walks the value.
+MAX_JSON_DEPTH = 64
 
 
 class APIError(Exception):
@@ -54,15 +63,34 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_TOO_DEEP = object()
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999 parses as infinity
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     if not body.strip():
         raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
         # NaN and Infinity are JavaScript, not JSON; Python's parser accepts them unless told not to.
-        data = json.loads(body, parse_constant=_refuse_constant)
+        data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # nested deeper than the parser's stack allows
+        data = _TOO_DEEP
+    if data is _TOO_DEEP or depth_over(data, MAX_JSON_DEPTH):
+        raise bad_request(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(body) and has_lone_surrogate(data):
+        # "\ud800" is valid JSON syntax, but half a character: no tokenizer can encode it.
+        raise bad_request("The request body holds a lone surrogate escape (\\uD800-\\uDFFF without its pair), "
+                          "which is not text.", code="invalid_json")
     if not isinstance(data, dict):
         raise bad_request(f"The request body must be a JSON object, not a JSON {type(data).__name__}.",
                           code="invalid_json")
@@ -154,6 +182,15 @@ def _normalise_stop(value: Union[str, list[str], None]) -> list[str]:
     return stops
 
 
+def _greedy_when_vanishing(req):
+    """A temperature or top_p too small to sample with means greedy decoding (temperature 0)."""
+    if req.temperature is not None and req.temperature < GREEDY_BELOW:
+        req.temperature = 0.0
+    if req.top_p is not None and req.top_p < GREEDY_BELOW:
+        req.temperature, req.top_p = 0.0, 1.0  # only the most likely token is left: that is greedy
+    return req
+
+
 class _Sampling(_Strict):
     """Fields shared by chat and text completions."""
 
@@ -178,6 +215,8 @@ class _Sampling(_Strict):
     @classmethod
     def _stop(cls, value):
         return _normalise_stop(value)
+
+    _greedy = model_validator(mode="after")(_greedy_when_vanishing)
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -265,6 +304,8 @@ class GenerateRequest(_Strict):
     stop: Union[str, list[str], None] = Field(default_factory=list)
     seed: Optional[int] = Field(None, ge=-(2**63), le=2**63 - 1)
     system: Optional[str] = None
+
+    _greedy = model_validator(mode="after")(_greedy_when_vanishing)
 
     @field_validator("stop")
     @classmethod

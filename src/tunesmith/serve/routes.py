@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tunesmith.chat.templates import render_prompt
 from tunesmith.serve.adapters import Target
+from tunesmith.serve.budget import within_budget
 from tunesmith.serve.engine import Event, RequestHandle
 from tunesmith.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                       bad_request, chat_chunk, chat_completion, new_id, parse_json_object,
@@ -41,6 +42,16 @@ async def read_json(request: Request) -> dict[str, Any]:
             raise APIError(413, f"The request body is larger than {cap} bytes.", code="request_too_large")
         chunks.append(chunk)
     return parse_json_object(b"".join(chunks))
+
+
+async def _off_loop(state: ServeState, fn: Callable[[], Any]) -> Any:
+    """Run tokenisation or template rendering on the tokenize pool: a 1 MB prompt takes the event
+    loop long enough to stall /health and every stream."""
+    return await asyncio.get_running_loop().run_in_executor(state.tokenize_pool, fn)
+
+
+def _render(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    return within_budget(lambda: render_prompt(tokenizer, messages))
 
 
 def _target(request: Request, state: ServeState, name: str) -> Target:
@@ -180,7 +191,7 @@ async def chat_completions(request: Request) -> Response:
     state: ServeState = request.app.state.serve
     req = parse_request(ChatCompletionRequest, await read_json(request))
     target = _target(request, state, req.model)
-    prompt = render_prompt(target.tokenizer, [m.as_template_message() for m in req.messages])
+    prompt = await _off_loop(state, lambda: _render(target.tokenizer, [m.as_template_message() for m in req.messages]))
     limit_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     params = state.sampling([prompt], n=req.n, max_tokens=req.token_limit, limit_param=limit_param,
                             temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
@@ -220,7 +231,7 @@ async def completions(request: Request) -> Response:
     state: ServeState = request.app.state.serve
     req = parse_request(CompletionRequest, await read_json(request))
     target = _target(request, state, req.model)
-    prompts = _completion_prompts(req, target, state.vocab_size)
+    prompts = await _off_loop(state, lambda: _completion_prompts(req, target, state.vocab_size))
     params = state.sampling(prompts, n=req.n, max_tokens=req.max_tokens, limit_param="max_tokens",
                             temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
                             ignore_eos=req.ignore_eos)
@@ -244,7 +255,7 @@ async def generate(request: Request) -> Response:
     target = _target(request, state, req.model or state.base.name)
     messages = [{"role": "system", "content": req.system}] if req.system else []
     messages.append({"role": "user", "content": req.prompt})
-    prompt = render_prompt(target.tokenizer, messages)
+    prompt = await _off_loop(state, lambda: _render(target.tokenizer, messages))
     params = state.sampling([prompt], n=1, max_tokens=req.max_tokens, limit_param="max_tokens",
                             temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop)
     handle = state.engine.submit(target, [prompt], params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from tunesmith.serve.adapters import AdapterRegistry, Target, prepare_adapter
 from tunesmith.serve.engine import Engine, SamplingParams
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.protocol import APIError, bad_request, model_not_found
+from tunesmith.serve.threads import tokenize_pool
 
 API_KEY_ENV = "TUNESMITH_API_KEY"
 
@@ -38,6 +40,8 @@ class ServeState:
     draining: bool = False
     active_requests: int = 0
     created: float = field(default_factory=time.time)
+    # Tokenisation and template rendering run here, never on the event loop.
+    tokenize_pool: concurrent.futures.ThreadPoolExecutor = field(default_factory=tokenize_pool)
 
     # ------------------------------------------------------------------ requests
 
@@ -105,10 +109,24 @@ def context_length(model, tokenizer) -> int:
     return min(usable)
 
 
+def resolve_api_key(cfg: ServeConfig) -> Optional[str]:
+    """The configured key, else $TUNESMITH_API_KEY, else None. A configured key that is empty is
+    refused: it would silently turn authentication off for someone who meant to turn it on. (An
+    empty environment variable counts as unset, as shells and compose files write it.)"""
+    if cfg.api_key is None:
+        return os.environ.get(API_KEY_ENV) or None
+    key = cfg.api_key.get_secret_value()
+    if not key.strip():
+        raise ServeError("--api-key is empty (or only spaces), which would leave the server without authentication",
+                         hint="pass a real key, or leave --api-key out to serve without one")
+    return key
+
+
 def create_state(cfg: ServeConfig, *, model=None, tokenizer=None) -> ServeState:
     """Load the base model (unless given) and the startup adapters, and build the engine."""
     from tunesmith.chat.tokens import stop_token_ids
 
+    api_key = resolve_api_key(cfg)
     if cfg.adapter_root is not None and not cfg.adapter_root.is_dir():
         raise ServeError(f"--adapter-root {cfg.adapter_root} is not a directory")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -128,7 +146,6 @@ def create_state(cfg: ServeConfig, *, model=None, tokenizer=None) -> ServeState:
                   stop_ids=frozenset(stop_token_ids(tokenizer, generation_config)))
     metrics = ServeMetrics()
     registry = AdapterRegistry(model, max_loaded=cfg.max_loaded_adapters)
-    api_key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get(API_KEY_ENV) or None
     state = ServeState(
         cfg=cfg, engine=Engine(registry, device=device, max_batch_size=cfg.max_batch_size,
                                max_queue=cfg.max_queue, metrics=metrics),

@@ -37,7 +37,7 @@ from tunesmith.models.loading import (
     weights_fingerprint,
     weights_stamp,
 )
-from tunesmith.train import batching, distributed
+from tunesmith.train import batching, checkpoint_errors, distributed
 from tunesmith.train.common import (
     Dist,
     MetricsLog,
@@ -122,7 +122,8 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
     state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best_step": None, "bad_evals": 0,
                              "skipped_steps": [], "trained_tokens": 0}
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, dist, sharding)
+        with checkpoint_errors.loading(resume_from, dist.rank):
+            state = load_checkpoint(resume_from, model, optimizer, dist, sharding)
         say(f"resumed from {resume_from} at step {state['step']}")
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +211,8 @@ def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=No
                 state["bad_evals"] += 1
             model.train()
         if step % save_every == 0 or step == total_steps:
-            save_checkpoint(checkpoints, step, model, optimizer, state, dist, cfg.train.keep_checkpoints, sharding)
+            with checkpoint_errors.saving(checkpoints, step):
+                save_checkpoint(checkpoints, step, model, optimizer, state, dist, cfg.train.keep_checkpoints, sharding)
         if evaluated and cfg.train.early_stopping_patience and state["bad_evals"] >= cfg.train.early_stopping_patience:
             say(f"early stopping at step {step}: validation loss has not improved for "
                 f"{state['bad_evals']} evaluations (best {state['best_val_loss']:.4f} at step {state['best_step']})")
