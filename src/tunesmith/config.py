@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import ConfigError
+from tunesmith.jobs.config import JobsConfig
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -559,6 +560,7 @@ class ServeConfig(StrictModel):
     allow_base_mismatch: bool = Field(
         False, description="serve adapters whose recorded base model has another name (shapes are still checked)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    jobs: Optional[JobsConfig] = Field(None, description="files and fine-tuning jobs API (OpenAI's); unset: off")
 
     @field_validator("adapters")
     @classmethod

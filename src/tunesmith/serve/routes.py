@@ -44,7 +44,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 def _target(request: Request, state: ServeState, name: str) -> Target:
-    target = state.resolve(name)
+    target = state.resolve(name, request.scope["state"].get("project"))
     request.scope["state"]["model_label"] = target.name
     return target
 

@@ -35,16 +35,20 @@ class ServeState:
     vocab_size: int
     generation_config: Any
     api_key: Optional[str]
+    jobs: Any = None  # tunesmith.jobs.service.JobsService when the config has a `jobs:` section
     draining: bool = False
     active_requests: int = 0
     created: float = field(default_factory=time.time)
 
     # ------------------------------------------------------------------ requests
 
-    def resolve(self, name: str) -> Target:
+    def resolve(self, name: str, project: Optional[str] = None) -> Target:
         """The base or adapter a request's `model` names; 404 for anything else."""
         if name in self.base_aliases:
             return self.base
+        found = self.jobs.resolve_model(name, project) if self.jobs is not None else None
+        if found is not None:
+            return found
         prepared = self.registry.get(name)
         if prepared is None:
             raise model_not_found(name, [self.base.name, *self.registry.names()])
