@@ -8,6 +8,7 @@ is the project `default`; `jobs.projects` adds tenants with their own keys. Ever
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -113,8 +114,8 @@ class JobsService:
         if served is not None:
             adapter, owner = served
             prepared = self.state.registry.get(adapter) if owner == project else None
-            if prepared is not None:
-                return prepared.target
+            if prepared is not None:  # answers under its public name; the engine keeps the adapter's
+                return dataclasses.replace(prepared.target, name=name)
         if served is not None or name in internal:
             raise model_not_found(name, [*self.base_names(), *self.models_of(project)])
         return None
