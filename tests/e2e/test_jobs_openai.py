@@ -21,6 +21,7 @@ from tunesmith.config import ServeConfig
 from tunesmith.registry.store import Registry
 from tuned_helpers import one_thread
 
+pytestmark = pytest.mark.slow
 KEY, ACME_KEY = "jobs-key-1", "acme-key-2"
 TINY = {"n_epochs": 2, "batch_size": 5}  # 10 examples -> 2 steps per epoch, 4 steps, a checkpoint per epoch
 QUESTION = [{"role": "user", "content": "Subject: refund\n\nI was charged twice for order 123."}]

@@ -19,6 +19,7 @@ from jobs_helpers import BASE_ALIAS, events, jobs_settings, pid_alive, ticket_li
 from safetensors.torch import load_file
 from serve_helpers import free_port
 
+pytestmark = pytest.mark.slow
 KEY = "restart-key"
 HYPER = {"n_epochs": 3, "batch_size": 5}  # 6 steps, checkpoints after steps 2, 4 and 6
 
