@@ -45,11 +45,17 @@ class JobsService:
         self._check_bases()
 
     def _check_bases(self) -> None:
-        from tunesmith.errors import ServeError
+        from tunesmith.errors import ModelError, ServeError
         from tunesmith.models.loading import resolve_model_path
 
+        def resolved(path: str) -> str:
+            try:
+                return resolve_model_path(path)
+            except ModelError:
+                return path
+
         for name, entry in self.cfg.base_models.items():
-            if resolve_model_path(entry.path) != self.state.served_model:
+            if resolved(entry.path) != self.state.served_model:
                 raise ServeError(f"jobs.base_models.{name} is {entry.path}, but this server serves "
                                  f"{self.state.served_model}; fine-tuned models must be served on their base",
                                  hint="map the name to the served model, or run a server for that base")
