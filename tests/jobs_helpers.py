@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -74,3 +77,38 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class ServerProcess:
+    """`python -m tunesmith serve --config CONFIG` in a process of its own (so it can be killed)."""
+
+    def __init__(self, config: Path, log, key: str):
+        from serve_helpers import free_port
+
+        self.port = free_port()
+        self.key = key
+        self.process = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", "--config", str(config),
+                                         "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self):
+        import httpx
+        import openai
+
+        def ready():
+            assert self.process.poll() is None, "the server exited"
+            try:
+                return httpx.get(self.url + "/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(ready, timeout=120, what="the server to start")
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0, timeout=60)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

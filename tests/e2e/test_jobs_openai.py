@@ -9,12 +9,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import sqlite3
 
 import httpx
 import openai
 import pytest
-from jobs_helpers import (BASE_ALIAS, dpo_line, events, jobs_settings, pid_alive, ticket_lines, wait_finished,
-                          wait_status, wait_until, write_lines)
+import torch
+import yaml
+from jobs_helpers import (BASE_ALIAS, ServerProcess, dpo_line, events, jobs_settings, pid_alive, ticket_lines,
+                          wait_finished, wait_status, wait_until, write_lines)
+from safetensors.torch import load_file
 from serve_helpers import LiveServer
 
 from tunesmith.config import ServeConfig
@@ -34,7 +39,8 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(root):
-    jobs = jobs_settings(root / "store", projects={"acme": {"api_keys": [ACME_KEY], "max_queued_jobs": 1}})
+    jobs = jobs_settings(root / "store", projects={"acme": {"api_keys": [ACME_KEY], "max_queued_jobs": 1}},
+                         max_upload_bytes=64 * 1024)
     cfg = ServeConfig(api_key=KEY, log_level="warning", default_max_tokens=12, jobs=jobs)
     with one_thread(), LiveServer(cfg) as live:
         yield live
@@ -73,6 +79,17 @@ def test_upload_is_a_file_object_with_its_content(client, train_file, root):
     assert client.files.retrieve(train_file.id).filename == "train.jsonl"
     assert client.files.content(train_file.id).content == (root / "train.jsonl").read_bytes()
     assert train_file.id in [f.id for f in client.files.list()]
+
+
+def test_uploads_are_capped_and_deleted_files_are_gone(client, root):
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("big.jsonl", b"{}\n" * 40_000), purpose="fine-tune")
+    assert refused.value.status_code == 413
+    doomed = client.files.create(file=("doomed.jsonl", b"{}\n"), purpose="fine-tune")
+    assert client.files.delete(doomed.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(doomed.id)
+    assert not list((root / "store" / "files").glob(doomed.id + "*"))
 
 
 def test_legacy_hyperparameters_job_succeeds_and_serves_its_model(client, legacy_job, train_file, server):
@@ -280,3 +297,53 @@ def test_dpo_job_is_refused_until_train_has_the_dpo_objective(client, root):
     with pytest.raises(openai.BadRequestError) as refused:
         client.fine_tuning.jobs.create(training_file=train.id, model=BASE_ALIAS, method={"type": "dpo"})
     assert refused.value.body["code"] == "unsupported_method" and refused.value.body["param"] == "method.type"
+
+
+def _adapter(store, job_id):
+    return load_file(str(store / "runs" / job_id / "train" / "adapter" / "adapter_model.safetensors"))
+
+
+def test_sigkill_mid_job_resumes_and_matches_the_uninterrupted_run(tmp_path, legacy_job, root):
+    """A server killed with SIGKILL mid-job takes its training process with it; started again on
+    the same store it resumes the job from its last checkpoint, and the job ends with the weights
+    of the same job run without interruption (`legacy_job`: same data, hyperparameters, seed)."""
+    store = tmp_path / "store"
+    config = tmp_path / "serve.yaml"
+    # A checkpoint every step leaves time to kill the server before the job ends; checkpoints do
+    # not change the weights training reaches.
+    config.write_text(yaml.safe_dump({"api_key": KEY, "log_level": "warning",
+                                      "jobs": jobs_settings(store, checkpoint_every=1)}))
+    log = open(tmp_path / "server.log", "ab")
+    first = ServerProcess(config, log, KEY)
+    try:
+        client = first.client()
+        upload = client.files.create(file=(root / "train.jsonl").open("rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=upload.id, model=BASE_ALIAS, hyperparameters=TINY,
+                                             suffix="tickets", seed=7)
+        wait_until(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, timeout=240, what="a checkpoint")
+        with sqlite3.connect(store / "jobs.sqlite3") as db:
+            trainer = db.execute("SELECT pid FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+        wait_until(lambda: not pid_alive(trainer), timeout=20, what="the training process to die with the server")
+    finally:
+        first.stop()
+    second = ServerProcess(config, log, KEY)
+    try:
+        client = second.client()
+        resumed = wait_finished(client, job.id)
+        assert resumed.status == "succeeded", resumed.error
+        messages = [e.message for e in events(client, job.id)]
+        assert any("interrupted" in m for m in messages)
+        assert "Fine-tuning job resumed from its last checkpoint" in messages
+        assert sorted(e.data["step"] for e in events(client, job.id) if e.type == "metrics") == [1, 2, 3, 4]
+        answer = client.chat.completions.create(model=resumed.fine_tuned_model, max_tokens=4,
+                                                messages=[{"role": "user", "content": "hi"}])
+        assert answer.model == resumed.fine_tuned_model
+    finally:
+        second.stop()
+        log.close()
+    interrupted, straight = _adapter(store, job.id), _adapter(root / "store", legacy_job.id)
+    assert interrupted.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(interrupted[name], straight[name], rtol=0, atol=1e-6, msg=name)
