@@ -12,7 +12,7 @@ from typing import Any, Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from tunesmith.jobs import artifacts, spec
+from tunesmith.jobs import spec
 from tunesmith.jobs.service import JobsService
 from tunesmith.jobs.store import ACTIVE, new_id
 from tunesmith.jobs.validation import FileProblem, check_upload

@@ -195,7 +195,7 @@ class JobsService:
         try:
             self._serve(finished)
         except Exception as exc:
-            self.supervisor._fail(job, "model_load_failed", None, f"The fine-tuned model could not be loaded: {exc}")
+            self.supervisor.fail(job, "model_load_failed", None, f"The fine-tuned model could not be loaded: {exc}")
             return
         if self.cfg.register_models:
             self._register(finished, out)

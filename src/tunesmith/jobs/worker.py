@@ -166,7 +166,7 @@ class Supervisor:
                 if role == "validation" and not rows:
                     raise FileProblem(None, "too_few_examples", "the file has no examples")
             except FileProblem as problem:
-                self._fail(job, f"invalid_{role}_file", f"{role}_file",
+                self.fail(job, f"invalid_{role}_file", f"{role}_file",
                            f"The job failed due to an invalid {role} file. {problem}")
                 return
             outputs["train.jsonl" if role == "training" else "val.jsonl"] = rows
@@ -215,7 +215,7 @@ class Supervisor:
                                        preexec_fn=_die_with_parent)
         except OSError as exc:
             logfile.close()
-            self._fail(job, "launch_failed", None, f"The training process could not start: {exc}")
+            self.fail(job, "launch_failed", None, f"The training process could not start: {exc}")
             return
         logfile.close()
         last = self._last_event_step(job["id"])
@@ -255,7 +255,7 @@ class Supervisor:
             self.service.finish(job, run.records)
         else:
             tail = _log_tail(run.run_dir / "train.log")
-            self._fail(job, "training_failed", None, f"Training exited with status {code}: {tail}")
+            self.fail(job, "training_failed", None, f"Training exited with status {code}: {tail}")
 
     def _terminate(self, run: Running, force: bool = False) -> None:
         run.stop_sent = time.time()
@@ -297,7 +297,7 @@ class Supervisor:
             if self.store.add_checkpoint(run.job_id, step, artifacts.checkpoint_name(model, step), metrics):
                 self.store.add_event(run.job_id, f"Checkpoint created at step {step}")
 
-    def _fail(self, job: dict[str, Any], code: str, param: Optional[str], message: str) -> None:
+    def fail(self, job: dict[str, Any], code: str, param: Optional[str], message: str) -> None:
         if self.store.update_job(job["id"], only_if_status=("validating_files", "queued", "running"), status="failed",
                                  error={"code": code, "message": message, "param": param}, pid=None,
                                  finished_at=int(time.time())):
