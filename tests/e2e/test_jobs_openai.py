@@ -263,6 +263,11 @@ def test_projects_never_see_each_other(client, acme, server, legacy_job, train_f
     assert acme.files.list().data[0].id == own.id
     with httpx.Client(base_url=server.url) as http:
         assert http.get("/v1/files", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        # A project's key acts on its project only, never on the whole server.
+        unload = http.post("/v1/unload_lora_adapter", headers={"Authorization": f"Bearer {ACME_KEY}"},
+                           json={"lora_name": f"ft-{legacy_job.id}"})
+        assert unload.status_code == 401
+        assert http.get("/metrics", headers={"Authorization": f"Bearer {ACME_KEY}"}).status_code == 401
 
 
 def test_queued_jobs_per_project_are_capped(acme, root):

@@ -37,6 +37,16 @@ class ProjectSettings(_Strict):
     api_keys: list[SecretStr] = Field(default_factory=list)
     max_queued_jobs: Optional[int] = Field(None, ge=1, description="default: jobs.max_queued_jobs_per_project")
 
+    @field_validator("api_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            value = key.get_secret_value()
+            # `--print-config` shows secrets as asterisks; such a config must not become a key anyone can guess.
+            if not value.strip() or set(value) == {"*"}:
+                raise ValueError("an API key is empty or masked (asterisks from --print-config); give the real key")
+        return keys
+
 
 class JobsConfig(_Strict):
     """Files and fine-tuning jobs on `tunesmith serve`, as OpenAI's API offers them."""

@@ -33,6 +33,8 @@ log = logging.getLogger("tunesmith.serve")
 
 ADMIN_ROUTES = ("/health", "/metrics", "/v1/models", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 KNOWN_ROUTES = frozenset((*ADMIN_ROUTES, *GENERATION_ROUTES))
+# Routes a project's key (tunesmith.jobs) may not use: they act on the whole server.
+SERVER_KEY_ONLY = frozenset({"/metrics", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -56,7 +58,8 @@ class GuardMiddleware:
         if state.jobs is not None:  # API keys of projects (tunesmith.jobs): who may see which jobs and models
             scope["state"]["project"] = state.jobs.project_for(header)
         if state.api_key and scope["path"] not in PUBLIC_PATHS:
-            if not bearer_matches(header, state.api_key) and scope["state"].get("project") is None:
+            if not bearer_matches(header, state.api_key) and (scope["state"].get("project") is None
+                                                              or scope["path"] in SERVER_KEY_ONLY):
                 return unauthorized()
         cap = state.jobs.cfg.max_upload_bytes if state.jobs is not None and scope["path"] == "/v1/files" \
             else state.cfg.max_body_bytes

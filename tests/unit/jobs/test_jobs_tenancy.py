@@ -58,3 +58,11 @@ def test_a_fine_tuned_model_answers_its_own_project_only(tmp_path):
 def test_base_names_must_be_the_served_model(tmp_path):
     with pytest.raises(ServeError):
         _service(tmp_path, base_models={"gpt-4o": "/elsewhere/other-model"})
+
+
+@pytest.mark.parametrize("key", ["", "**********"])
+def test_empty_or_masked_project_keys_are_refused(key):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        JobsConfig(projects={"acme": {"api_keys": [key]}})
