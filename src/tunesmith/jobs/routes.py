@@ -3,6 +3,7 @@ field). Included by `tunesmith.serve.app` when the server has a `jobs:` section.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tempfile
 import time
@@ -85,8 +86,8 @@ async def upload_file(request: Request) -> dict[str, Any]:
                                code="file_too_large")
             digest.update(chunk)
             tmp.write(chunk)
-    try:
-        check_upload(Path(tmp.name), filename)
+    try:  # a large file takes a while to check: off the event loop, so other requests go on
+        await asyncio.get_running_loop().run_in_executor(None, check_upload, Path(tmp.name), filename)
     except FileProblem as problem:
         Path(tmp.name).unlink(missing_ok=True)
         raise bad_request(f"Invalid file format for Fine-Tuning API. Must be .jsonl. {problem}", param="file",
@@ -261,6 +262,7 @@ def _transition(request: Request, job_id: str, action: str) -> dict[str, Any]:
     else:
         status = "cancelled" if action == "cancel" else "paused"
         extra = {"finished_at": int(time.time())} if action == "cancel" else {}
+        extra["estimated_finish"] = None
         stop = action if job["status"] == "running" else None
         changed = service.store.update_job(job_id, only_if_status=allowed, status=status, stop_request=stop, **extra)
         message = f"Fine-tuning job {status}" if stop is None else f"Fine-tuning job {status}; stopping training"
