@@ -104,6 +104,8 @@ def test_legacy_hyperparameters_job_succeeds_and_serves_its_model(client, legacy
     tuned = _ask(client, job.fine_tuned_model)
     assert tuned.model == job.fine_tuned_model
     assert tuned.choices[0].message.content != _ask(client, BASE_ALIAS).choices[0].message.content
+    text = client.completions.create(model=job.fine_tuned_model, prompt="Ticket:", max_tokens=4, temperature=0)
+    assert text.model == job.fine_tuned_model and text.usage.completion_tokens > 0
     models = [m.id for m in client.models.list()]
     assert job.fine_tuned_model in models and BASE_ALIAS in models
     assert not any(m.startswith("ft-ftjob") for m in models)  # engine-internal names stay hidden

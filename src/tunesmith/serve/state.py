@@ -50,8 +50,9 @@ class ServeState:
         if found is not None:
             return found
         prepared = self.registry.get(name)
-        if prepared is None:
-            raise model_not_found(name, [self.base.name, *self.registry.names()])
+        if prepared is None:  # fine-tuned models' engine names would leak other projects' job ids
+            shown = [n for n in self.registry.names() if self.jobs is None or not self.jobs.hides(n)]
+            raise model_not_found(name, [self.base.name, *shown])
         return prepared.target
 
     def sampling(self, prompts: list[list[int]], *, n: int, max_tokens: Optional[int], limit_param: str,

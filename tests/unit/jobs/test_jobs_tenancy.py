@@ -66,3 +66,16 @@ def test_empty_or_masked_project_keys_are_refused(key):
 
     with pytest.raises(ValidationError):
         JobsConfig(projects={"acme": {"api_keys": [key]}})
+
+
+def test_an_unknown_model_error_does_not_name_fine_tuned_engine_adapters(tmp_path):
+    from tunesmith.serve.state import ServeState
+
+    service = _service(tmp_path)
+    service._served["ft:gpt-4o-mini:acme::abc"] = ("ft-ftjob-1", "acme")
+    registry = SimpleNamespace(get=lambda name: None, names=lambda: ["ft-ftjob-1", "support"])
+    state = SimpleNamespace(base_aliases=frozenset({"base"}), base=BASE, jobs=service, registry=registry)
+    with pytest.raises(APIError) as missing:
+        ServeState.resolve(state, "nope", "default")
+    assert "support" in missing.value.message and "ft-ftjob-1" not in missing.value.message
+    assert "ft:gpt-4o-mini:acme::abc" not in missing.value.message
