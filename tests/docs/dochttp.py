@@ -51,8 +51,9 @@ class Servers:
         for lora_path in re.findall(r'"lora_path":\s*"([^"]+)"', page_text) if root else ():
             self._make_run(root / lora_path)
         adapters = {name: str(sandbox / path) for name, path in cfg.adapters.items()}
+        jobs = cfg.jobs.model_copy(update={"root": sandbox / cfg.jobs.root}) if cfg.jobs else None  # not the repo
         return cfg.model_copy(update={"model": model, "adapters": adapters, "adapter_root": root,
-                                      "log_level": "warning"})
+                                      "log_level": "warning", "jobs": jobs})
 
     @staticmethod
     def _headers(live: LiveServer) -> dict[str, str]:

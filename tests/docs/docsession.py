@@ -86,7 +86,7 @@ class PageSession:
     def __init__(self, page: Page, sessions: Sessions):
         self.page, self.sessions = page, sessions
         self.dir = sessions.tmp / page.path.as_posix().replace("/", "_").removesuffix(".md")
-        for sub in ("data", "configs"):
+        for sub in ("data", "configs", "jobs"):
             shutil.copytree(REPO / "examples" / sub, self.dir / "examples" / sub)
         for name in sorted(set(re.findall(r"\bruns/([\w.-]+)", page.text))):
             sessions.stand_in_run(self.dir / "runs" / name)

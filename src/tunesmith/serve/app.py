@@ -35,6 +35,8 @@ log = logging.getLogger("tunesmith.serve")
 
 ADMIN_ROUTES = ("/health", "/metrics", "/v1/models", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 KNOWN_ROUTES = frozenset((*ADMIN_ROUTES, *GENERATION_ROUTES))
+# Routes a project's key (tunesmith.jobs) may not use: they act on the whole server.
+SERVER_KEY_ONLY = frozenset({"/metrics", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -54,14 +56,18 @@ class GuardMiddleware:
             return APIError(503, "The server is shutting down.", type="server_error", code="server_shutting_down",
                             headers={"Connection": "close", "Retry-After": "5"})
         headers = dict(scope.get("headers") or [])
+        header = headers.get(b"authorization", b"").decode("latin-1")
+        if state.jobs is not None:  # API keys of projects (tunesmith.jobs): who may see which jobs and models
+            scope["state"]["project"] = state.jobs.project_for(header)
         if state.api_key and scope["path"] not in PUBLIC_PATHS and not is_public_ui_path(scope["path"]):
-            header = headers.get(b"authorization", b"").decode("latin-1")
-            if not bearer_matches(header, state.api_key):
+            if not bearer_matches(header, state.api_key) and (scope["state"].get("project") is None
+                                                              or scope["path"] in SERVER_KEY_ONLY):
                 return unauthorized()
+        cap = state.jobs.cfg.max_upload_bytes if state.jobs is not None and scope["path"] == "/v1/files" \
+            else state.cfg.max_body_bytes
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > state.cfg.max_body_bytes:
-            return APIError(413, f"The request body is larger than {state.cfg.max_body_bytes} bytes.",
-                            code="request_too_large")
+        if length is not None and length.isdigit() and int(length) > cap:
+            return APIError(413, f"The request body is larger than {cap} bytes.", code="request_too_large")
         return None
 
     async def __call__(self, scope, receive, send):
@@ -143,13 +149,21 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
     ready `state`. The engine thread starts and stops with the app's lifespan."""
     if state is None:
         state = create_state(cfg or ServeConfig(), model=model, tokenizer=tokenizer)
+    if state.cfg.jobs is not None and state.jobs is None:
+        from tunesmith.jobs.service import JobsService
+
+        state.jobs = JobsService(state.cfg.jobs, state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.engine.start()
+        if state.jobs is not None:
+            await asyncio.get_running_loop().run_in_executor(None, state.jobs.start)
         try:
             yield
         finally:
+            if state.jobs is not None:
+                await asyncio.get_running_loop().run_in_executor(None, state.jobs.stop)
             await asyncio.get_running_loop().run_in_executor(None, state.engine.shutdown)
             state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -158,6 +172,10 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
     app.state.serve = state
     _install_error_handlers(app)
     app.include_router(router)
+    if state.jobs is not None:
+        from tunesmith.jobs.routes import router as jobs_router
+
+        app.include_router(jobs_router)
     _add_admin_routes(app, state)
     mount_ui(app, state)  # /ui: the web UI, generating through this app's own routes
     app.add_middleware(GuardMiddleware, state=state)
@@ -176,12 +194,16 @@ def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(request: Request) -> dict[str, Any]:
         # Names only: where the model and adapters live on the server is none of a client's business.
         created = int(state.created)
         data = [{"id": state.base.name, "object": "model", "created": created, "owned_by": "tunesmith",
                  "root": state.base.name, "parent": None}]
+        if state.jobs is not None:
+            data += state.jobs.model_objects(request.scope["state"].get("project"), created)
         for name in state.registry.names():
+            if state.jobs is not None and state.jobs.hides(name):
+                continue
             if state.registry.get(name) is not None:
                 data.append({"id": name, "object": "model", "created": created, "owned_by": "tunesmith",
                              "root": name, "parent": state.base.name})

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, SecretStr, field_validator
 
 from tunesmith.config import Flag, StrictModel
+from tunesmith.jobs.config import JobsConfig
 from tunesmith.errors import ConfigError
 from tunesmith.models.config import ModelConfig
 
@@ -74,6 +75,7 @@ class ServeConfig(StrictModel):
     header_timeout: float = Field(10.0, gt=0, description="seconds a client may take to send a request's headers")
     body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a request's body")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    jobs: Optional[JobsConfig] = Field(None, description="files and fine-tuning jobs API (OpenAI's); unset: off")
 
     @field_validator("adapters")
     @classmethod

@@ -55,7 +55,7 @@ def _render(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
 
 
 def _target(request: Request, state: ServeState, name: str) -> Target:
-    target = state.resolve(name)
+    target = state.resolve(name, request.scope["state"].get("project"))
     request.scope["state"]["model_label"] = target.name
     return target
 

@@ -37,6 +37,7 @@ class ServeState:
     vocab_size: int
     generation_config: Any
     api_key: Optional[str]
+    jobs: Any = None  # tunesmith.jobs.service.JobsService when the config has a `jobs:` section
     draining: bool = False
     active_requests: int = 0
     created: float = field(default_factory=time.time)
@@ -45,13 +46,17 @@ class ServeState:
 
     # ------------------------------------------------------------------ requests
 
-    def resolve(self, name: str) -> Target:
+    def resolve(self, name: str, project: Optional[str] = None) -> Target:
         """The base or adapter a request's `model` names; 404 for anything else."""
         if name in self.base_aliases:
             return self.base
+        found = self.jobs.resolve_model(name, project) if self.jobs is not None else None
+        if found is not None:
+            return found
         prepared = self.registry.get(name)
-        if prepared is None:
-            raise model_not_found(name, [self.base.name, *self.registry.names()])
+        if prepared is None:  # fine-tuned models' engine names would leak other projects' job ids
+            shown = [n for n in self.registry.names() if self.jobs is None or not self.jobs.hides(n)]
+            raise model_not_found(name, [self.base.name, *shown])
         return prepared.target
 
     def sampling(self, prompts: list[list[int]], *, n: int, max_tokens: Optional[int], limit_param: str,

@@ -1,0 +1,1 @@
+"""Model versions with their lineage, in an embedded SQLite database (WAL)."""
