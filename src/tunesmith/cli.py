@@ -18,6 +18,7 @@ from rich.text import Text
 from tunesmith import __version__
 from tunesmith.config import StrictModel, config_to_yaml, load_config
 from tunesmith.errors import TunesmithError
+from tunesmith.models.cli import models_app
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate, prepare and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
 SetOpt = typer.Option(None, "--set", help="Override a config key: --set section.key=value (repeatable).")
