@@ -9,6 +9,7 @@ Most tests need only the tokenizer; one loads the 135M model for a few LoRA step
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import tuned_helpers as helpers  # noqa: E402
 from tunesmith.chat.masking import IGNORE_INDEX, tokenize_conversation  # noqa: E402
 from tunesmith.chat.packing import PackedRowsCollator, PaddedCollator, pack_examples  # noqa: E402
 from tunesmith.chat.templates import render_prompt  # noqa: E402
-from tunesmith.errors import ModelError  # noqa: E402
+from tunesmith.errors import ExportError, ModelError  # noqa: E402
 from tunesmith.export.probes import PROBE_CONVERSATIONS  # noqa: E402
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -137,7 +138,7 @@ def test_source_gguf_and_its_import_agree(tokenizer, smollm2_dir):
 
 
 @pytest.mark.slow
-def test_a_few_lora_steps_lower_the_loss_on_the_135m_model(smollm2_dir, tokenizer):
+def test_lora_steps_lower_the_loss_and_the_fp32_merge_passes_parity(smollm2_dir, tokenizer):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -152,10 +153,29 @@ def test_a_few_lora_steps_lower_the_loss_on_the_135m_model(smollm2_dir, tokenize
     losses = []
     for _ in range(4):
         loss = model(**batch).loss
-        losses.append(float(loss))
+        losses.append(loss.item())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     with torch.no_grad():
         losses.append(float(model(**batch).loss))
     assert losses[-1] < 0.8 * losses[0], losses
+
+    # merge parity on a real model's logits: a correct fp32 merge passes with a wide margin,
+    # an unscaled one (alpha/r forgotten) fails
+    from tunesmith.export import merge
+
+    model.eval()
+    ids, mask = merge.probe_batch(tokenizer)
+    adapter_logits = merge.probe_logits(model, ids, mask)
+    wrong = copy.deepcopy(model)
+    for module in wrong.modules():
+        if hasattr(module, "lora_A") and isinstance(getattr(module, "scaling", None), dict):
+            module.scaling["default"] = 1.0
+    parity = merge.check_merge_parity(adapter_logits, merge.probe_logits(merge.fold_adapter(model), ids, mask),
+                                      torch.float32, say=lambda *_: None)
+    assert parity["max_abs_logit_diff"] < parity["tolerance"] / 5 and parity["top1_flips"] == 0
+    assert parity["max_abs_logit"] > 10  # logits at a real model's scale, where 1e-4 absolute was too tight
+    with pytest.raises(ExportError, match="not the adapter model"):
+        merge.check_merge_parity(adapter_logits, merge.probe_logits(merge.fold_adapter(wrong), ids, mask),
+                                 torch.float32, say=lambda *_: None)
