@@ -31,6 +31,7 @@ from tunesmith.data.config import DataInspectConfig, DataPrepareConfig, DemoData
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.config import EvalConfig
 from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
+from tunesmith.models.cli import models_app
 from tunesmith.quickstart_config import QuickstartConfig
 from tunesmith.serve.config import ServeConfig
 from tunesmith.train.config import TrainConfig
@@ -329,6 +330,7 @@ VERBS: list[tuple[typer.Typer, Verb]] = [
 ]
 app.add_typer(export_app, name="export")
 app.add_typer(check_app, name="check")
+app.add_typer(models_app, name="models")  # GGUF import and the model registry
 for _group, _verb in VERBS:
     register(_group, _verb)
 

@@ -10,6 +10,7 @@ so no second copy is loaded.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -67,14 +68,18 @@ class _Models:
 
 
 def _evaluate(model, tokenizer, examples, cfg: EvalConfig, task: m.TaskSpec, label: str) -> dict[str, Any]:
+    started = time.perf_counter()
     generations = gen.generate(model, tokenizer, examples, cfg.generation, description=f"{label}: generating")
+    seconds = time.perf_counter() - started
     nlls = gen.assistant_nll(model, tokenizer, examples, cfg.generation.batch_size) if cfg.perplexity else None
     outputs = [g.text for g in generations]
     references = [ex.reference for ex in examples]
     scores = m.score_examples(outputs, references, [g.num_tokens for g in generations],
                               [g.stopped for g in generations], task)
     corpus = m.corpus_metrics(outputs, references, scores, task, gen.perplexity(nlls) if nlls else None)
-    return {"outputs": outputs, "scores": scores, "metrics": corpus}
+    speed = {"seconds": round(seconds, 2), "examples_per_s": round(len(examples) / max(seconds, 1e-9), 3),
+             "generated_tokens_per_s": round(sum(g.num_tokens for g in generations) / max(seconds, 1e-9), 1)}
+    return {"outputs": outputs, "scores": scores, "metrics": corpus, "speed": speed}
 
 
 @dataclass
@@ -141,7 +146,10 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
                  "labels": task.labels, "json_answers": task.json_answers, "schema": str(cfg.json_schema or "") or None},
         "generation": cfg.generation.model_dump(),
         "tuned": tuned["metrics"],
+        "generation_speed": {"tuned": tuned["speed"], **({"base": base["speed"]} if base else {})},
     }
+    say("generation: " + "; ".join(f"{name} {v['examples_per_s']:.2f} examples/s, {v['generated_tokens_per_s']:.0f} "
+                                   f"tokens/s" for name, v in result["generation_speed"].items()))
     winners = None
     if base is not None:
         winners = [compare.winner(b, t, task) for b, t in zip(base["scores"], tuned["scores"])]

@@ -23,7 +23,8 @@ class MergeConfig(StrictModel):
     device: Optional[str] = None
     max_shard_size: str = "2GB"
     parity_tolerance: Optional[float] = Field(
-        None, gt=0, description="largest allowed |logit difference|; default 1e-4 in fp32, 0.1 in 16-bit")
+        None, gt=0, description="largest allowed |logit difference| (absolute); default: 1e-4 x the largest |logit| in "
+        "fp32, 2e-2 x in 16-bit")
 
 
 GGUFQuant = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",

@@ -23,10 +23,15 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_model_path(path: str) -> str:
-    """`default` (or the demo model's name) -> the embedded model; a directory -> itself; else a hub id."""
+    """`default` (or the demo model's name) -> the embedded model; a directory -> itself; a `.gguf`
+    file -> its dequantised import (models/gguf_import.py, cached); else a hub id."""
     if path in ("default", DEFAULT_MODEL_NAME):
         return str(default_model_path())
     local = Path(path).expanduser()
+    if local.is_file() and local.suffix.lower() == ".gguf":
+        from tunesmith.models.gguf_import import resolve_gguf
+
+        return resolve_gguf(local)
     if local.exists():
         if not local.is_dir():
             raise ModelError(f"model path {path} is a file, not a model directory",
