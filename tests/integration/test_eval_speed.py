@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import tuned_helpers as helpers  # noqa: E402
+import tuned_helpers as helpers
 
 from tunesmith.config import EvalConfig  # noqa: E402
 from tunesmith.eval import run as eval_run  # noqa: E402
@@ -18,7 +18,7 @@ def test_generation_speed_is_reported_for_base_and_tuned(tmp_path):
     cfg = EvalConfig(model=str(helpers.lora_run()), data=data, out=tmp_path / "out", compare_base=True,
                      generation={"max_new_tokens": 8, "batch_size": 2})
     with helpers.one_thread():
-        result = eval_run.run(cfg, say=said.append)
+        result = eval_run.run(cfg, say=said.append).metrics
     speed = result["generation_speed"]
     assert set(speed) == {"tuned", "base"}
     for figures in speed.values():
