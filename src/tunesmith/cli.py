@@ -251,6 +251,13 @@ def train(
     console.print(f"done: {result.steps} steps; adapter and metrics in {result.output_dir}")
 
 
+# --------------------------------------------------------------------------- plan
+
+from tunesmith.plan.command import plan as _plan_command  # noqa: E402
+
+app.command("plan")(_plan_command)
+
+
 # --------------------------------------------------------------------------- serve
 
 
