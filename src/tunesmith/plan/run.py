@@ -222,24 +222,23 @@ def run(cfg: PlanConfig) -> PlanResult:
     return result
 
 
-def check_fits(train_cfg: TrainConfig) -> str | None:
+def check_fits(train_cfg: TrainConfig, target: Target | None = None) -> str | None:
     """A warning when the run `train_cfg` is planned not to fit the device it starts on, else None.
 
-    `train` calls this before loading the model. The target is the first CUDA device (with the
-    process count of a torchrun / accelerate launch) or, without CUDA, this machine's RAM.
+    `train` calls this before loading the model. The target is, unless given, the first CUDA
+    device (with the process count of a torchrun / accelerate launch) or, without CUDA, this
+    machine's RAM.
     """
-    import torch
-
-    from tunesmith.plan.devices import Target
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        target = Target(name=props.name, bytes=int(props.total_memory), gpu=True, bf16=torch.cuda.is_bf16_supported())
-    else:
-        import psutil
+    if target is None:
+        import torch
 
-        target = Target(name="this machine's RAM", bytes=int(psutil.virtual_memory().total), gpu=False, bf16=False)
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            target = Target(name=props.name, bytes=int(props.total_memory), gpu=True,
+                            bf16=torch.cuda.is_bf16_supported())
+        else:
+            target = resolve_target(None, None)
     try:
         shape = load_shape(train_cfg.model.path, train_cfg.model.trust_remote_code)
     except Exception:  # the loader reports a missing or unreadable model with its own error
