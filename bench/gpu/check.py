@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                                    if peak_flops else ""))
     print(FORMULA)
 
-    common = [f"data={text}", f"train.max_seq_len={seq}", "train.packing=true", f"train.max_steps={steps}",
+    common = [f"data.path={text}", f"train.max_seq_len={seq}", "train.packing=true", f"train.max_steps={steps}",
               "train.log_every=1", "train.eval_every=1000", "train.save_every=1000", "data.val_ratio=0",
               "lora.dropout=0.0", "lora.r=16", "train.learning_rate=1e-4"]
     if gpu:
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = shape_from_config(shapes[key], key)
     example = REPO / "examples" / "configs" / "llama-3.1-8b-qlora-24gb.yaml"
     model_dir = args.out / "models" / key
-    qlora_sets = [f"model.path={model_dir}", f"data={text}", "train.max_steps=4", "train.log_every=1",
+    qlora_sets = [f"model.path={model_dir}", f"data.path={text}", "train.max_steps=4", "train.log_every=1",
                   "train.eval_every=1000", "train.save_every=1000", "data.val_ratio=0", f"train.max_seq_len={seq}"]
     try:
         import bitsandbytes  # noqa: F401
@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     if "objective" in TrainConfig.model_fields:
         key = "qwen2.5-0.5b"
         prefs = write_preference_data(data / "pairs.jsonl", 256)
-        sets = [s for s in common if not s.startswith(("data=", "train.max_steps"))] + [
-            f"model.path={args.out / 'models' / key}", f"data={prefs}", "objective=dpo", "train.max_steps=3",
+        sets = [s for s in common if not s.startswith(("data.path=", "train.max_steps"))] + [
+            f"model.path={args.out / 'models' / key}", f"data.path={prefs}", "objective=dpo", "train.max_steps=3",
             "train.micro_batch_size=4"]
         result = train(args.out / "dpo", None, sets, args.device, timeout)
         record(f"DPO {key}", result, shape_from_config(shapes[key], key), sets, mfu=False)

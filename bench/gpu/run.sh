@@ -4,12 +4,13 @@
 # nothing downloaded. `bash bench/gpu/run.sh --dry-run` checks the script on CPU with tiny shapes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+PYTHON="${PYTHON:-python}"   # the interpreter that has torch (set PYTHON=... to choose another)
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   # Packages the GPU machine lacks, carried as wheels (see README.md); installed beside, not into, its Python.
-  python -m pip install --quiet --no-deps --no-index --target /tmp/site .whl/*.whl
+  "$PYTHON" -m pip install --quiet --no-deps --no-index --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD/src"
 else
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false HF_HUB_DISABLE_PROGRESS_BARS=1
-exec python bench/gpu/check.py "$@"
+exec "$PYTHON" bench/gpu/check.py "$@"
