@@ -46,9 +46,9 @@ SHAPES = {
 # CPU check: the same architectures, scaled down so a step takes a second.
 TINY = {
     "qwen2.5-0.5b": dict(SHAPES["qwen2.5-0.5b"], hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=256, vocab_size=4096),
+                         num_key_value_heads=2, intermediate_size=256, vocab_size=8192),
     "llama-3.1-8b": dict(SHAPES["llama-3.1-8b"], hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=256, vocab_size=4096),
+                         num_key_value_heads=2, intermediate_size=256, vocab_size=8192),
 }
 WORDS = ("ticket order refund delivery invoice account password login error screen payment card shipping "
          "address update cancel request support agent customer priority urgent billing subscription plan "
@@ -85,13 +85,23 @@ def write_model(name: str, config: dict, out: Path, device: str) -> Path:
     return target
 
 
-def write_text_data(path: Path, documents: int, words: int, seed: int = 0) -> Path:
-    """Plain-text rows (every token trained), long enough that packing fills whole rows."""
+def write_text_data(path: Path, documents: int, seq: int, seed: int = 0) -> float:
+    """Plain-text rows (every token trained) of just under `seq` tokens each, so packing puts one
+    per row; returns the mean tokens per document (`data prepare` refuses rows over `seq`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "src" / "tunesmith" / "models" / "default")
     rng = random.Random(seed)
+    budget = seq - 8  # room for the end-of-sequence token and any special tokens
+    lengths = []
     with open(path, "w", encoding="utf-8") as fh:
         for _ in range(documents):
-            fh.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(words))}) + "\n")
-    return path
+            text = " ".join(rng.choice(WORDS) for _ in range(seq))  # more words than tokens fit
+            encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+            text = text[: encoded["offset_mapping"][budget - 1][1]]
+            lengths.append(len(tokenizer(text)["input_ids"]) + 1)
+            fh.write(json.dumps({"text": text}) + "\n")
+    return statistics.mean(lengths)
 
 
 def write_preference_data(path: Path, pairs: int, seed: int = 0) -> Path:
@@ -119,8 +129,12 @@ def train(run_dir: Path, config: Path | None, sets: list[str], device: str, time
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     start = time.perf_counter()
-    done = subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    try:
+        done = subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"ok": False, "error": f"timed out after {timeout} s\n{(exc.output or b'')[-1500:]!r}",
+                "wall_s": timeout}
     wall = time.perf_counter() - start
     if done.returncode != 0:
         return {"ok": False, "error": done.stdout[-1500:], "wall_s": wall}
@@ -163,12 +177,13 @@ FORMULA = ("model FLOPs/step = 4*N_linear*P + 6*N_lora*P + 6*layers*q_width*S*P 
            "LoRA: 2N + 4N; causal attention: forward 2 matmuls x 2 FLOPs x q_width x S/2 per layer, backward 2x)")
 
 
-def throughput(result: dict, seq: int, skip: int) -> tuple[float, float]:
-    """(positions/s, trained tokens/s) over the logged steps after `skip` warm-up steps. Text rows
-    of `seq` tokens are packed one per row, so positions = trained tokens x seq / (seq - 1)."""
+def throughput(result: dict, seq: int, doc_tokens: float, skip: int) -> tuple[float, float]:
+    """(positions/s, trained tokens/s): the median over the logged steps after `skip` warm-up
+    steps. Each row holds one document of `doc_tokens` tokens padded to `seq` positions, and all
+    but its first token are trained, so positions = trained tokens x seq / (doc_tokens - 1)."""
     records = result["metrics"][skip:] or result["metrics"]
     trained_rate = statistics.median(r["tokens_per_s"] for r in records)
-    return trained_rate * seq / (seq - 1), trained_rate
+    return trained_rate * seq / (doc_tokens - 1), trained_rate
 
 
 # --------------------------------------------------------------------------- the check
@@ -198,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     data = args.out / "data"
     data.mkdir(exist_ok=True)
     seq = 256 if args.tiny else 2048
-    text = write_text_data(data / "text.jsonl", documents=64 if args.tiny else 600, words=400 if args.tiny else 1200)
+    text = data / "text.jsonl"
+    doc_tokens = write_text_data(text, documents=64 if args.tiny else 160, seq=seq)
     steps = 4 if args.tiny else 10
     skip = 1 if args.tiny else 3
-    timeout = 600
+    timeout = 240 if gpu else 900  # per training run; on one GPU the whole check must take under 8 minutes
     rows: list[list[str]] = []
     print(f"device: {gpu_name}" + (f", {total_gib:.1f} GiB, peak bf16 {peak_flops / 1e12:.0f} TFLOP/s"
                                    if peak_flops else ""))
@@ -224,22 +240,26 @@ def main(argv: list[str] | None = None) -> int:
         planned = planned_peak(config, sets, gpu, memory)
         mfu_text = tps = ""
         if mfu:
-            positions_s, trained_s = throughput(result, seq, skip)
+            positions_s, trained_s = throughput(result, seq, doc_tokens, skip)
             tps = f"{trained_s:,.0f}"
             flops_s = step_flops(shape, positions_s, trained_s, 16, seq)
             mfu_text = f"{flops_s / peak_flops:.1%}" if peak_flops else f"{flops_s / 1e9:.1f} GFLOP/s"
         rows.append([label, "ok", tps, mfu_text, f"{measured:.2f}" if measured else "?", f"{planned:.2f}",
                      f"{result['wall_s']:.0f}"])
 
-    # 1-2. LoRA MFU on both shapes
-    for key, micro_batch in (("qwen2.5-0.5b", 8), ("llama-3.1-8b", 4)):
+    # 1-2. LoRA MFU on both shapes, at the largest micro-batch the planner fits in 85% of the device
+    for key in ("qwen2.5-0.5b", "llama-3.1-8b"):
         shape = shape_from_config(shapes[key], key)
         model_dir = write_model(key, shapes[key], args.out / "models", args.device)
-        sets = common + [f"model.path={model_dir}", "method=lora", f"train.micro_batch_size={micro_batch}"]
-        if key == "llama-3.1-8b" and gpu:
-            sets.append("train.gradient_checkpointing=false")
+        base = common + [f"model.path={model_dir}", "method=lora"]
+        micro_batch = 8
+        while gpu and micro_batch > 1 and planned_peak(
+                None, base + [f"train.micro_batch_size={micro_batch}"], gpu, memory) > 0.85 * total_gib:
+            micro_batch //= 2
+        sets = base + [f"train.micro_batch_size={micro_batch}"]
         result = train(args.out / f"lora-{key}", None, sets, args.device, timeout)
-        record(f"LoRA {key} bf16" if gpu else f"LoRA {key} (tiny, cpu)", result, shape, sets)
+        label = f"LoRA {key} bf16 mb{micro_batch}x{seq}" if gpu else f"LoRA {key} (tiny, cpu)"
+        record(label, result, shape, sets)
 
     # 3. QLoRA peak memory on the 8B shape, with the example config's settings
     key = "llama-3.1-8b"

@@ -84,8 +84,8 @@ def peak_rss_of_training(overrides: list[str], out: Path) -> int:
 @pytest.mark.parametrize("case", list(CASES))
 def test_plan_within_15_percent_of_measured_peak_rss(case, smol_model, data_file, tmp_path):
     model, settings = CASES[case]
-    overrides = [f"model={smol_model if model == 'smol' else 'default'}", f"data={data_file}",
-                 "train.max_steps=2", "lora.dropout=0.05", *settings]
+    overrides = [f"model={smol_model if model == 'smol' else 'default'}", f"data.path={data_file}",
+                 "train.max_steps=2", "data.val_ratio=0", "lora.dropout=0.05", *settings]
     measured = peak_rss_of_training(overrides, tmp_path / "run")
     planned = run(PlanConfig(overrides=overrides)).estimate.total
     record = {"case": case, "measured_mib": round(measured / 2**20), "planned_mib": round(planned / 2**20),
