@@ -65,7 +65,7 @@ def resolve_target(gpu: str | None, memory: str | None) -> Target:
         if gpu not in GPUS:
             import difflib
 
-            close = difflib.get_close_matches(gpu, list(GPUS), n=1, cutoff=0.4)
+            close = [n for n in GPUS if n.startswith(gpu)] or difflib.get_close_matches(gpu, list(GPUS), n=1, cutoff=0.4)
             raise ConfigError(f"unknown GPU {gpu!r}" + (f"; did you mean {close[0]}?" if close else ""),
                               hint="known GPUs: " + ", ".join(GPUS) + "; or give --memory 24GiB")
         description, gib, bf16 = GPUS[gpu]
