@@ -37,11 +37,13 @@ NEEDS_REFERENCE = ("dpo", "kto")
 
 # CPU runs: the resident memory of a `tunesmith train` process before the model is loaded (Python,
 # torch, transformers, peft, tokenizer, data), and what glibc's allocator keeps on top of the saved
-# activations: the forward and backward passes free about as much again in short-lived tensors,
-# and that memory stays resident after the first steps (measured: 1.8-2.2x the saved tensors).
-# Both calibrated on real runs, see tests/integration/test_plan_calibration.py.
+# activations. Every LoRA layer adds short-lived tensors the size of its output (the adapter's
+# product, its scaling, the sum; with dropout a mask draw and a dropped-out copy) in the forward
+# and backward passes; that churn leaves about as much again resident after the first steps
+# (measured 1.8-2.5x the saved tensors), while full fine-tuning keeps about a tenth more.
+# Calibrated on real runs, see tests/integration/test_plan_calibration.py.
 CPU_FRAMEWORK_BYTES = int(0.52 * GIB)
-CPU_ALLOCATOR_OVERHEAD = 1.0
+CPU_ALLOCATOR_OVERHEAD = {"lora": 1.0, "full": 0.1}
 # GPU runs: the caching allocator's fragmentation on top of the activations.
 GPU_ALLOCATOR_OVERHEAD = 0.05
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, an 8-bit absmax per 64 weights and
@@ -253,16 +255,16 @@ def estimate(shape: ModelShape, w: Workload, target: Target, serve_batch: int, s
         components.append(Component("allocator", int(GPU_ALLOCATOR_OVERHEAD * dynamic), "fragmentation"))
     else:
         components.append(Component("framework", CPU_FRAMEWORK_BYTES, "python, torch, transformers, data"))
-        components.append(Component("allocator", int(CPU_ALLOCATOR_OVERHEAD * dynamic),
-                                    "freed temporaries malloc keeps resident"))
+        cpu_overhead = CPU_ALLOCATOR_OVERHEAD["full" if w.method == "full" else "lora"]
+        components.append(Component("allocator", int(cpu_overhead * dynamic), "freed temporaries malloc keeps"))
 
     # The step's peak: the end of the forward pass (activations live) or the optimiser step
     # (gradients live, activations gone, plus the foreach AdamW temporaries on GPUs).
     fixed = sum(c.bytes for c in components if c.name not in ("gradients", "DDP gradient buckets"))
     forward_peak = fixed
     step_temporaries = grads if (target.gpu and w.optimizer == "adamw") else 0
-    step_peak = fixed - dynamic - int((GPU_ALLOCATOR_OVERHEAD if target.gpu else CPU_ALLOCATOR_OVERHEAD) * dynamic) \
-        + grads * (2 if w.strategy == "ddp" else 1) + step_temporaries
+    allocator = sum(c.bytes for c in components if c.name == "allocator")
+    step_peak = fixed - dynamic - allocator + grads * (2 if w.strategy == "ddp" else 1) + step_temporaries
     if step_peak > forward_peak:
         phase = "optimiser step"
         if step_temporaries:
