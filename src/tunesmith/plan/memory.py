@@ -262,13 +262,19 @@ def estimate(shape: ModelShape, w: Workload, target: Target, serve_batch: int, s
     # (gradients live, activations gone, plus the foreach AdamW temporaries on GPUs).
     fixed = sum(c.bytes for c in components if c.name not in ("gradients", "DDP gradient buckets"))
     forward_peak = fixed
-    step_temporaries = grads if (target.gpu and w.optimizer == "adamw") else 0
+    if target.gpu:
+        step_temporaries = grads if w.optimizer == "adamw" else 0   # foreach AdamW: one list-wide temporary
+    else:
+        # single-tensor AdamW on CPU: two temporaries the size of the largest trainable tensor
+        largest = shape.vocab * shape.hidden if w.method == "full" else max(
+            w.lora_r * max(n_in, n_out) for n_in, n_out in shape.linear_shapes().values())
+        step_temporaries = 2 * largest * param_bytes
     allocator = sum(c.bytes for c in components if c.name == "allocator")
     step_peak = fixed - dynamic - allocator + grads * (2 if w.strategy == "ddp" else 1) + step_temporaries
     if step_peak > forward_peak:
         phase = "optimiser step"
         if step_temporaries:
-            components.append(Component("optimiser temporaries", step_temporaries, "foreach AdamW, at the step"))
+            components.append(Component("optimiser temporaries", step_temporaries, "AdamW's scratch tensors"))
         total = step_peak
     else:
         phase = "end of the forward pass"
