@@ -32,6 +32,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.config import EvalConfig
 from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
 from tunesmith.models.cli import models_app
+from tunesmith.plan.command import plan as plan_command
 from tunesmith.quickstart_config import QuickstartConfig
 from tunesmith.serve.config import ServeConfig
 from tunesmith.train.config import TrainConfig
@@ -331,6 +332,9 @@ VERBS: list[tuple[typer.Typer, Verb]] = [
 app.add_typer(export_app, name="export")
 app.add_typer(check_app, name="check")
 app.add_typer(models_app, name="models")  # GGUF import and the model registry
+# `plan` takes a training config with its own --set overrides (as `train` takes them), so its
+# options are written by hand in its package rather than generated from PlanConfig.
+app.command("plan")(plan_command)
 for _group, _verb in VERBS:
     register(_group, _verb)
 

@@ -93,8 +93,9 @@ def test_help_and_shown_default_come_from_the_field():
 
 def test_every_verb_takes_its_defaults_from_its_config():
     group = typer.main.get_command(cli.app)
-    # `models` (GGUF import, registry) is a hand-written Typer group, not yet generated from configs.
-    commands = [c for name, g in group.commands.items() if name != "models"
+    # `models` (GGUF import, registry) is a hand-written Typer group, not yet generated from configs;
+    # `plan` passes its --set to the training config it plans.
+    commands = [c for name, g in group.commands.items() if name not in ("models", "plan")
                 for c in (getattr(g, "commands", None) or {"": g}).values()]
     assert len(commands) == len(cli.VERBS)
     for command in commands:
