@@ -153,15 +153,23 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
         from tunesmith.jobs.service import JobsService
 
         state.jobs = JobsService(state.cfg.jobs, state)
+    if state.cfg.registry is not None and state.aliases is None:
+        from tunesmith.serve.aliases import AliasRouter
+
+        state.aliases = AliasRouter(state, state.cfg.registry, poll_interval=state.cfg.registry_poll_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.engine.start()
         if state.jobs is not None:
             await asyncio.get_running_loop().run_in_executor(None, state.jobs.start)
+        if state.aliases is not None:  # loads the aliased versions before the first request
+            await asyncio.get_running_loop().run_in_executor(None, state.aliases.start)
         try:
             yield
         finally:
+            if state.aliases is not None:
+                await asyncio.get_running_loop().run_in_executor(None, state.aliases.stop)
             if state.jobs is not None:
                 await asyncio.get_running_loop().run_in_executor(None, state.jobs.stop)
             await asyncio.get_running_loop().run_in_executor(None, state.engine.shutdown)

@@ -76,6 +76,10 @@ class ServeConfig(StrictModel):
     body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a request's body")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     jobs: Optional[JobsConfig] = Field(None, description="files and fine-tuning jobs API (OpenAI's); unset: off")
+    registry: Annotated[Optional[Path], Flag("--registry")] = Field(
+        None, description="model registry whose aliases (`tickets`, `tickets:canary`, `tickets@3`) this server "
+                          "routes, rereading them while it runs; unset: off")
+    registry_poll_interval: float = Field(0.5, gt=0, le=60, description="seconds between reads of the alias table")
 
     @field_validator("adapters")
     @classmethod
