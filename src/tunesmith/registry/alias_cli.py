@@ -37,6 +37,8 @@ def promote(ref: str = typer.Argument(..., help="NAME@VERSION to put into produc
                                                 "worse than the current version beyond the thresholds."),
             regression: Optional[Path] = typer.Option(None, "--regression", help="Regression prompts the candidate "
                                                       "must keep passing (with --gate)."),
+            max_drop: float = typer.Option(0.02, "--max-drop", help="Largest allowed fall of any score "
+                                           "(absolute, e.g. 0.02 = two points of accuracy)."),
             force: bool = typer.Option(False, "--force", help="Promote even when the gate refuses; recorded with "
                                        "your name in the history."),
             reason: str = typer.Option("", "--reason", help="Why, for the history."),
@@ -46,11 +48,12 @@ def promote(ref: str = typer.Argument(..., help="NAME@VERSION to put into produc
     candidate = aliases.registry.get(ref)
     gate_result = None
     if gate is not None:
-        from tunesmith.registry.gate import GateRefused, run_gate
+        from tunesmith.registry.gate import GateRefused, GateThresholds, run_gate
 
         current = aliases.route(candidate.name, alias)
-        gate_result = run_gate(aliases.registry, candidate, current, gate, regression=regression)
-        console.print(gate_result["table"])
+        gate_result = run_gate(aliases.registry, candidate, current, gate, regression=regression,
+                               thresholds=GateThresholds(max_drop=max_drop))
+        console.print(gate_result["table"], markup=False, highlight=False)
         if not gate_result["passed"]:
             if not force:
                 raise GateRefused(f"{candidate.ref} fails the promotion gate: {'; '.join(gate_result['failures'])}",
