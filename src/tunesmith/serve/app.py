@@ -186,6 +186,14 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
         app.include_router(jobs_router)
     _add_admin_routes(app, state)
     mount_ui(app, state)  # /ui: the web UI, generating through this app's own routes
+    if state.cfg.request_log is not None:  # inside the guard: refused requests are never logged
+        from tunesmith.registry.feedback import RequestLog
+        from tunesmith.serve.feedback import RequestLogMiddleware
+        from tunesmith.serve.feedback import router as feedback_router
+
+        app.state.request_log = RequestLog(state.cfg.request_log)
+        app.include_router(feedback_router)
+        app.add_middleware(RequestLogMiddleware, request_log=app.state.request_log, max_bytes=state.cfg.max_body_bytes)
     app.add_middleware(GuardMiddleware, state=state)
     return app
 

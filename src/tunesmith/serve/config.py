@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from tunesmith.config import Flag, StrictModel
 from tunesmith.jobs.config import JobsConfig
+from tunesmith.registry.feedback import RequestLogConfig
 from tunesmith.errors import ConfigError
 from tunesmith.models.config import ModelConfig
 
@@ -80,6 +81,8 @@ class ServeConfig(StrictModel):
         None, description="model registry whose aliases (`tickets`, `tickets:canary`, `tickets@3`) this server "
                           "routes, rereading them while it runs; unset: off")
     registry_poll_interval: float = Field(0.5, gt=0, le=60, description="seconds between reads of the alias table")
+    request_log: Optional[RequestLogConfig] = Field(
+        None, description="log sampled, redacted exchanges of chosen models and take POST /v1/feedback; unset: off")
 
     @field_validator("adapters")
     @classmethod
