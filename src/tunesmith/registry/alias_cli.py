@@ -135,7 +135,42 @@ def _short(route: dict) -> str:
     return f"@{route['version']}"
 
 
+def report(name: str = typer.Argument(..., help="NAME: every version of it that answered in the window."),
+           log: Path = typer.Option(Path("tunesmith-request-log.sqlite3"), "--log", help="Request log database."),
+           window: str = typer.Option("24h", "--window", help="How far back: 24h, 7d..."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+           registry: Optional[Path] = RegistryOpt) -> None:
+    """Drift per version: JSON validity, stop rate, answer length, thumbs-down rate vs its gate baseline."""
+    import time
+
+    from tunesmith.registry.drift import report as drift_report
+    from tunesmith.registry.feedback import RequestLog, RequestLogConfig
+    from tunesmith.registry.from_logs import parse_since
+
+    if not log.is_file():
+        raise typer.BadParameter(f"request log {log} does not exist", param_hint="--log")
+    request_log = RequestLog(RequestLogConfig(path=log))
+    now = time.time()
+    result = drift_report(request_log, name, window_s=now - parse_since(window, now),
+                          history=_aliases(registry).history(name), now=now)
+    request_log.close()
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table("version", "requests", "json valid", "stop rate", "answer chars", "thumbs down", "baseline")
+
+    def pct(value):
+        return "-" if value is None else f"{value:.0%}"
+
+    for served, v in result["versions"].items():
+        baseline = ", ".join(f"{k} {pct(x)}" for k, x in v["baseline"].items()) or "-"
+        table.add_row(served, str(v["requests"]), pct(v["json_valid"]), pct(v["stop_rate"]),
+                      f"{v['answer_chars_mean']:.0f}", pct(v["thumbs_down_rate"]), baseline)
+    console.print(table if result["versions"] else f"no logged answers of {name} in the last {window}")
+
+
 def register_lifecycle_commands(app: typer.Typer) -> None:
+    app.command("report")(report)
     app.command("promote")(promote)
     app.command("canary")(canary)
     app.command("rollback")(rollback)

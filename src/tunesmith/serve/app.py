@@ -191,7 +191,10 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
         from tunesmith.serve.feedback import RequestLogMiddleware
         from tunesmith.serve.feedback import router as feedback_router
 
+        from tunesmith.registry.drift import DriftCollector
+
         app.state.request_log = RequestLog(state.cfg.request_log)
+        state.metrics.registry.register(DriftCollector(app.state.request_log))
         app.include_router(feedback_router)
         app.add_middleware(RequestLogMiddleware, request_log=app.state.request_log, max_bytes=state.cfg.max_body_bytes)
     app.add_middleware(GuardMiddleware, state=state)
