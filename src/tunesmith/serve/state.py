@@ -52,8 +52,9 @@ class ServeState:
         if name in self.base_aliases:
             return self.base
         found = self.jobs.resolve_model(name, project) if self.jobs is not None else None
-        if found is None and self.aliases is not None:  # registry aliases; `user` keeps a canary sticky
-            found = self.aliases.resolve(name, user)
+        aliases = getattr(self, "aliases", None)  # (tests call resolve on stand-ins without the field)
+        if found is None and aliases is not None:  # registry aliases; `user` keeps a canary sticky
+            found = aliases.resolve(name, user)
         if found is not None:
             return found
         prepared = self.registry.get(name)
