@@ -91,6 +91,7 @@ class AliasRouter:
             routes = self.aliases.routes()
             if routes == self._seen:
                 return False
+            self._failed.clear()  # a changed route retries versions that failed before (files may be back)
             table = dict(self._table)
             for route in routes:
                 live = self._live(route)
@@ -160,7 +161,13 @@ class AliasRouter:
         return live.targets[version]
 
     def names(self) -> list[str]:
-        return sorted({f"{m}" if a == "production" else f"{m}:{a}" for m, a in self._table})
+        """What clients may call: each alias (`tickets`, `tickets:canary`) and each loaded version."""
+        routed = {m if a == "production" else f"{m}:{a}" for m, a in self._table}
+        return sorted(routed | {f"{m}@{v}" for m, v in self._versions})
+
+    @staticmethod
+    def is_engine_name(name: str) -> bool:
+        return name.startswith("reg-")
 
 
 __all__ = ["ALIAS_PATTERN", "AliasRouter", "engine_name"]

@@ -220,8 +220,13 @@ def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
                  "root": state.base.name, "parent": None}]
         if state.jobs is not None:
             data += state.jobs.model_objects(request.scope["state"].get("project"), created)
+        if state.aliases is not None:  # registry aliases and versions, not their engine names
+            data += [{"id": name, "object": "model", "created": created, "owned_by": "tunesmith", "root": name,
+                      "parent": state.base.name} for name in state.aliases.names()]
         for name in state.registry.names():
             if state.jobs is not None and state.jobs.hides(name):
+                continue
+            if state.aliases is not None and state.aliases.is_engine_name(name):
                 continue
             if state.registry.get(name) is not None:
                 data.append({"id": name, "object": "model", "created": created, "owned_by": "tunesmith",

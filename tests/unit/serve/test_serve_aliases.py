@@ -108,6 +108,9 @@ def test_a_stream_finishes_on_the_version_it_started_on(registry):
         models += [json.loads(line[6:])["model"] for line in rest if line != "data: [DONE]"]
         assert rest[-1] == "data: [DONE]" and len(models) > 20 and set(models) == {"tickets@1"}
         assert _chat(httpx, server.url).json()["model"] == "tickets@2"
+        listed = [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
+        assert {"tickets", "tickets:canary", "tickets@1", "tickets@2"} <= set(listed)
+        assert not [name for name in listed if name.startswith("reg-")]  # engine names stay inside
 
 
 def test_canary_is_sticky_per_user_and_fallback_serves_when_the_primary_cannot_load(registry):
