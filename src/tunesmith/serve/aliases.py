@@ -23,7 +23,7 @@ from typing import Optional
 from prometheus_client import Counter, Gauge
 
 from tunesmith.errors import TunesmithError
-from tunesmith.registry.aliases import ALIAS_PATTERN, Aliases, Route, parse_alias_ref
+from tunesmith.registry.aliases import ALIAS_PATTERN, PRODUCTION, Aliases, Route, parse_alias_ref
 from tunesmith.registry.store import Registry
 from tunesmith.serve.adapters import Target
 
@@ -51,7 +51,7 @@ class AliasRouter:
         self._table: dict[tuple[str, str], _Live] = {}
         self._versions: dict[tuple[str, int], Target] = {}  # every version loaded so far
         self._failed: set[tuple[str, int]] = set()
-        self._seen: Optional[list[Route]] = None
+        self._seen: Optional[tuple[Optional[int], list[Route]]] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._refresh_lock = threading.Lock()
@@ -88,9 +88,12 @@ class AliasRouter:
     def refresh(self) -> bool:
         """Reread the alias table; load what changed routes need, then swap. True when it changed."""
         with self._refresh_lock:
-            routes = self.aliases.routes()
-            if routes == self._seen:
+            # The history's last entry tells a change even when it sets a route to what it was (which
+            # retries versions that failed to load, e.g. after their files were restored).
+            seen = (self.aliases.registry.db.one("SELECT MAX(seq) FROM alias_history")[0], self.aliases.routes())
+            if seen == self._seen:
                 return False
+            routes = seen[1]
             self._failed.clear()  # a changed route retries versions that failed before (files may be back)
             table = dict(self._table)
             for route in routes:
@@ -101,7 +104,7 @@ class AliasRouter:
             for key in [k for k in table if k not in current]:
                 del table[key]  # an alias deleted from the registry
             self._table = table  # one assignment: requests see the old table or the new one
-            self._seen = routes
+            self._seen = seen
             self._export_weights()
             return True
 
@@ -152,8 +155,9 @@ class AliasRouter:
         model, at, selector = name.partition("@")
         if at and selector.isdigit():
             return self._versions.get((model, int(selector)))
-        model, alias = parse_alias_ref(name)
-        live = self._table.get((model, alias))
+        live = self._table.get((name, PRODUCTION)) if not at else None  # registry names may hold ':'
+        model, alias = (name, PRODUCTION) if live is not None else parse_alias_ref(name)
+        live = live or self._table.get((model, alias))
         if live is None:
             return None
         version = live.route.pick(user)
@@ -162,7 +166,7 @@ class AliasRouter:
 
     def names(self) -> list[str]:
         """What clients may call: each alias (`tickets`, `tickets:canary`) and each loaded version."""
-        routed = {m if a == "production" else f"{m}:{a}" for m, a in self._table}
+        routed = {m if a == PRODUCTION else f"{m}:{a}" for m, a in self._table}
         return sorted(routed | {f"{m}@{v}" for m, v in self._versions})
 
     @staticmethod

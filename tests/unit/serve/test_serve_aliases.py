@@ -122,7 +122,7 @@ def test_canary_is_sticky_per_user_and_fallback_serves_when_the_primary_cannot_l
             assert len(picks) == 1
         registry.set("tickets", "production", 3, fallback=1, actor="test")  # version 3's files are missing
         wait_for(lambda: server.state.aliases._seen is not None
-                 and server.state.aliases._seen[0].version == 3, timeout=60, what="the route to version 3")
+                 and server.state.aliases._seen[1][0].version == 3, timeout=60, what="the route to version 3")
         response = _chat(http, server.url)
         assert response.status_code == 200 and response.json()["model"] == "tickets@1"
         text = http.get(f"{server.url}/metrics").text
