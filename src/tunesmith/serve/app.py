@@ -187,11 +187,10 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
     _add_admin_routes(app, state)
     mount_ui(app, state)  # /ui: the web UI, generating through this app's own routes
     if state.cfg.request_log is not None:  # inside the guard: refused requests are never logged
+        from tunesmith.registry.drift import DriftCollector
         from tunesmith.registry.feedback import RequestLog
         from tunesmith.serve.feedback import RequestLogMiddleware
         from tunesmith.serve.feedback import router as feedback_router
-
-        from tunesmith.registry.drift import DriftCollector
 
         app.state.request_log = RequestLog(state.cfg.request_log)
         state.metrics.registry.register(DriftCollector(app.state.request_log))
