@@ -82,6 +82,9 @@ def register_commands(app: typer.Typer) -> None:
     app.command("show")(show_model)
     app.command("rm")(remove_model)
     app.command("add")(add_model)
+    from tunesmith.registry.alias_cli import register_lifecycle_commands  # imports this module's options
+
+    register_lifecycle_commands(app)
 
 
 registry_app = typer.Typer(help="The model registry: versions with lineage.", no_args_is_help=True)

@@ -105,6 +105,9 @@ def parse_ref(ref: str) -> tuple[str, Optional[str]]:
 class Registry:
     def __init__(self, path: str | Path):
         self.db = Database(Path(path), SCHEMA)
+        from tunesmith.registry.aliases import ensure_lifecycle_schema  # imports this module
+
+        ensure_lifecycle_schema(self)
 
     def close(self) -> None:
         self.db.close()
@@ -138,10 +141,11 @@ class Registry:
             raise RegistryError(f"no model {ref!r} in the registry", hint="`tunesmith models list` shows them")
         with self.db.transaction() as conn:
             for version in found:
-                pointing = conn.execute("SELECT alias FROM aliases WHERE name = ? AND version = ?",
-                                        (version.name, version.version)).fetchall()
+                pointing = [row[0] for row in conn.execute("SELECT alias, version, weights, fallback FROM aliases "
+                                                            "WHERE name = ?", (version.name,))
+                            if version.version in (row[1], row[3]) or str(version.version) in json.loads(row[2])]
                 if pointing:
-                    raise RegistryError(f"{version.ref} is what alias {version.name}@{pointing[0][0]} points at",
+                    raise RegistryError(f"{version.ref} is what alias {version.name}@{pointing[0]} points at",
                                         hint="move or delete the alias first")
                 conn.execute("DELETE FROM versions WHERE name = ? AND version = ?", (version.name, version.version))
         return found

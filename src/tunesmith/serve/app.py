@@ -153,15 +153,23 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
         from tunesmith.jobs.service import JobsService
 
         state.jobs = JobsService(state.cfg.jobs, state)
+    if state.cfg.registry is not None and state.aliases is None:
+        from tunesmith.serve.aliases import AliasRouter
+
+        state.aliases = AliasRouter(state, state.cfg.registry, poll_interval=state.cfg.registry_poll_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.engine.start()
         if state.jobs is not None:
             await asyncio.get_running_loop().run_in_executor(None, state.jobs.start)
+        if state.aliases is not None:  # loads the aliased versions before the first request
+            await asyncio.get_running_loop().run_in_executor(None, state.aliases.start)
         try:
             yield
         finally:
+            if state.aliases is not None:
+                await asyncio.get_running_loop().run_in_executor(None, state.aliases.stop)
             if state.jobs is not None:
                 await asyncio.get_running_loop().run_in_executor(None, state.jobs.stop)
             await asyncio.get_running_loop().run_in_executor(None, state.engine.shutdown)
@@ -178,6 +186,16 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
         app.include_router(jobs_router)
     _add_admin_routes(app, state)
     mount_ui(app, state)  # /ui: the web UI, generating through this app's own routes
+    if state.cfg.request_log is not None:  # inside the guard: refused requests are never logged
+        from tunesmith.registry.drift import DriftCollector
+        from tunesmith.registry.feedback import RequestLog
+        from tunesmith.serve.feedback import RequestLogMiddleware
+        from tunesmith.serve.feedback import router as feedback_router
+
+        app.state.request_log = RequestLog(state.cfg.request_log)
+        state.metrics.registry.register(DriftCollector(app.state.request_log))
+        app.include_router(feedback_router)
+        app.add_middleware(RequestLogMiddleware, request_log=app.state.request_log, max_bytes=state.cfg.max_body_bytes)
     app.add_middleware(GuardMiddleware, state=state)
     return app
 
@@ -201,8 +219,13 @@ def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
                  "root": state.base.name, "parent": None}]
         if state.jobs is not None:
             data += state.jobs.model_objects(request.scope["state"].get("project"), created)
+        if state.aliases is not None:  # registry aliases and versions, not their engine names
+            data += [{"id": name, "object": "model", "created": created, "owned_by": "tunesmith", "root": name,
+                      "parent": state.base.name} for name in state.aliases.names()]
         for name in state.registry.names():
             if state.jobs is not None and state.jobs.hides(name):
+                continue
+            if state.aliases is not None and state.aliases.is_engine_name(name):
                 continue
             if state.registry.get(name) is not None:
                 data.append({"id": name, "object": "model", "created": created, "owned_by": "tunesmith",

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from tunesmith.config import Flag, StrictModel
 from tunesmith.jobs.config import JobsConfig
+from tunesmith.registry.feedback import RequestLogConfig
 from tunesmith.errors import ConfigError
 from tunesmith.models.config import ModelConfig
 
@@ -76,6 +77,12 @@ class ServeConfig(StrictModel):
     body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a request's body")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     jobs: Optional[JobsConfig] = Field(None, description="files and fine-tuning jobs API (OpenAI's); unset: off")
+    registry: Annotated[Optional[Path], Flag("--registry")] = Field(
+        None, description="model registry whose aliases (`tickets`, `tickets:canary`, `tickets@3`) this server "
+                          "routes, rereading them while it runs; unset: off")
+    registry_poll_interval: float = Field(0.5, gt=0, le=60, description="seconds between reads of the alias table")
+    request_log: Optional[RequestLogConfig] = Field(
+        None, description="log sampled, redacted exchanges of chosen models and take POST /v1/feedback; unset: off")
 
     @field_validator("adapters")
     @classmethod

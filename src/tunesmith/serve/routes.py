@@ -54,8 +54,8 @@ def _render(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
     return within_budget(lambda: render_prompt(tokenizer, messages))
 
 
-def _target(request: Request, state: ServeState, name: str) -> Target:
-    target = state.resolve(name, request.scope["state"].get("project"))
+def _target(request: Request, state: ServeState, name: str, user: Optional[str] = None) -> Target:
+    target = state.resolve(name, request.scope["state"].get("project"), user)
     request.scope["state"]["model_label"] = target.name
     return target
 
@@ -190,7 +190,7 @@ async def _respond(request: Request, state: ServeState, handle: RequestHandle, c
 async def chat_completions(request: Request) -> Response:
     state: ServeState = request.app.state.serve
     req = parse_request(ChatCompletionRequest, await read_json(request))
-    target = _target(request, state, req.model)
+    target = _target(request, state, req.model, req.user)
     prompt = await _off_loop(state, lambda: _render(target.tokenizer, [m.as_template_message() for m in req.messages]))
     limit_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     params = state.sampling([prompt], n=req.n, max_tokens=req.token_limit, limit_param=limit_param,
@@ -230,7 +230,7 @@ def _completion_prompts(req: CompletionRequest, target: Target, vocab_size: int)
 async def completions(request: Request) -> Response:
     state: ServeState = request.app.state.serve
     req = parse_request(CompletionRequest, await read_json(request))
-    target = _target(request, state, req.model)
+    target = _target(request, state, req.model, req.user)
     prompts = await _off_loop(state, lambda: _completion_prompts(req, target, state.vocab_size))
     params = state.sampling(prompts, n=req.n, max_tokens=req.max_tokens, limit_param="max_tokens",
                             temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,

@@ -38,6 +38,7 @@ class ServeState:
     generation_config: Any
     api_key: Optional[str]
     jobs: Any = None  # tunesmith.jobs.service.JobsService when the config has a `jobs:` section
+    aliases: Any = None  # tunesmith.serve.aliases.AliasRouter when the config names a `registry`
     draining: bool = False
     active_requests: int = 0
     created: float = field(default_factory=time.time)
@@ -46,11 +47,14 @@ class ServeState:
 
     # ------------------------------------------------------------------ requests
 
-    def resolve(self, name: str, project: Optional[str] = None) -> Target:
+    def resolve(self, name: str, project: Optional[str] = None, user: Optional[str] = None) -> Target:
         """The base or adapter a request's `model` names; 404 for anything else."""
         if name in self.base_aliases:
             return self.base
         found = self.jobs.resolve_model(name, project) if self.jobs is not None else None
+        aliases = getattr(self, "aliases", None)  # (tests call resolve on stand-ins without the field)
+        if found is None and aliases is not None:  # registry aliases; `user` keeps a canary sticky
+            found = aliases.resolve(name, user)
         if found is not None:
             return found
         prepared = self.registry.get(name)

@@ -68,7 +68,7 @@ def test_removal_refuses_a_version_an_alias_points_at(tmp_path):
     registry.add("tickets", source="a", **fields)
     registry.add("tickets", source="b", **fields)
     with registry.db.transaction() as conn:
-        conn.execute("INSERT INTO aliases VALUES ('tickets', 'prod', 1, 0)")
+        conn.execute("INSERT INTO aliases (name, alias, version, updated_at) VALUES ('tickets', 'prod', 1, 0)")
     assert registry.get("tickets@prod").version == 1
     with pytest.raises(RegistryError):
         registry.remove("tickets@1")
