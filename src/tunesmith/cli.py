@@ -33,6 +33,7 @@ from tunesmith.eval.config import EvalConfig
 from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
 from tunesmith.models.cli import models_app
 from tunesmith.plan.command import plan as plan_command
+from tunesmith.registry.from_logs import FromLogsConfig
 from tunesmith.quickstart_config import QuickstartConfig
 from tunesmith.serve.config import ServeConfig
 from tunesmith.train.config import TrainConfig
@@ -299,6 +300,9 @@ VERBS: list[tuple[typer.Typer, Verb]] = [
     (data_app, Verb("inspect", DataInspectConfig, "tunesmith.data.inspect:run",
                     "Check example files without writing anything: findings by rule, lengths, and one example "
                     "rendered through the chat template with the trained tokens marked.", progress=True)),
+    (data_app, Verb("from-logs", FromLogsConfig, "tunesmith.registry.from_logs:run",
+                    "Turn approved and corrected production exchanges into a training set (validated, deduplicated "
+                    "against earlier training data, split).")),
     (app, Verb("train", TrainConfig, "tunesmith.train.sft:run",
                "Fine-tune a model with LoRA, QLoRA or full fine-tuning (also under torchrun / accelerate launch).",
                config_argument=True, run_kwargs=lambda: {"console": err_console},
