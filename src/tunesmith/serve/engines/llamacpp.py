@@ -40,6 +40,20 @@ def llama_server_command(*, executable: str, gguf: str, host: str, port: int, lo
     return argv
 
 
+LLAMA_SERVER_CACHE = Path.home() / ".cache" / "tunesmith" / "llama-server"
+
+
+def find_llama_server(name: str = "llama-server") -> str | None:
+    """`name` when it is a path or on PATH, else the newest binary `make llama-server` cached."""
+    found = shutil.which(name)
+    if found:
+        return found
+    if name != "llama-server":
+        return None
+    cached = sorted(LLAMA_SERVER_CACHE.glob("*/llama-server"))
+    return str(cached[-1]) if cached else None
+
+
 class LlamaCppEngine(RemoteEngine):
     name = "llama.cpp"
 
@@ -75,7 +89,7 @@ class LlamaCppEngine(RemoteEngine):
     def command(self) -> list[str]:
         gguf = self.gguf_path()
         opts = self.cfg.engine_options
-        return llama_server_command(executable=opts.llama_server, gguf=gguf, host=LOOPBACK, port=self.port,
+        return llama_server_command(executable=find_llama_server(opts.llama_server) or opts.llama_server, gguf=gguf, host=LOOPBACK, port=self.port,
                                     lora_files=self.convert_adapters(), parallel=self.cfg.max_batch_size,
                                     context_length=self.context_length, threads=self.cfg.threads,
                                     extra_args=opts.extra_args)
