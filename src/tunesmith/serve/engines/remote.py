@@ -252,8 +252,13 @@ class RemoteEngine(GenerationEngine):
         body.update(self.request_fields(target))
         return body
 
+    def _track(self, change: int) -> None:
+        self._in_flight += change
+        if self.metrics is not None:
+            self.metrics.running.set(self._in_flight)
+
     async def _sequence(self, handle: RequestHandle, index: int, body: dict[str, Any]) -> None:
-        self._in_flight += 1
+        self._track(+1)
         generated, finish, usage_tokens = 0, None, None
         try:
             assert self._client is not None, "the engine was not started"
@@ -299,7 +304,7 @@ class RemoteEngine(GenerationEngine):
             handle.events.put_nowait(Event(index, "", generated, finish_reason="error",
                                            error=engine_unavailable(self.name, why)))
         finally:
-            self._in_flight -= 1
+            self._track(-1)
 
     def _count_tokens(self, handle: RequestHandle, count: int) -> None:
         if self.metrics is not None and count > 0:
