@@ -127,6 +127,23 @@ def test_vllm_silence_is_a_504_not_a_hang(vllm_server, http_for):
     assert response.status_code == 504 and response.json()["error"]["code"] == "engine_timeout"
 
 
+def test_a_client_that_leaves_closes_its_engine_stream(vllm_server, http_for):
+    """The engine stays silent after two pieces; the client reads them and leaves, and tunesmith
+    drops its request to the engine instead of holding it until the timeout."""
+    from serve_helpers import metric, wait_for
+
+    http = http_for(vllm_server)
+    cancelled = metric(http.get("/metrics").text, "tunesmith_cancelled_sequences_total")
+    with http.stream("POST", "/v1/completions", json={"model": "a1", "prompt": "x", "max_tokens": 14,
+                                                      "stream": True}) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines)[6:])["choices"][0]["text"] == "<a1:0>"
+        assert vllm_server.state.engine.running == 1
+    wait_for(lambda: vllm_server.state.engine.running == 0, timeout=1.5, what="the engine request to close")
+    # closed by the client leaving, not by the 2 s silence timeout
+    assert metric(http.get("/metrics").text, "tunesmith_cancelled_sequences_total") == cancelled + 1
+
+
 def test_vllm_hot_load_and_unload_go_to_vllm(vllm_server, standin, http_for, root):
     http = http_for(vllm_server)
     loaded = http.post("/v1/load_lora_adapter", json={"lora_name": "a2", "lora_path": "a2"})
