@@ -188,9 +188,10 @@ def test_llama_server_gets_converted_adapters_applied_per_request(llama_server, 
     assert argv[argv.index("--parallel") + 1] == "4" and "--lora-init-without-apply" in argv
     assert argv[argv.index("--lora") + 1].endswith("000-a1.gguf")
     http = http_for(server)
-    assert _chat(http, "a1").json()["choices"][0]["message"]["content"] == "<a1:0><a1:1><a1:2>"
+    assert _chat(http, "a1", seed=2**40 + 3).json()["choices"][0]["message"]["content"] == "<a1:0><a1:1><a1:2>"
     sent = _log(standin[1], "completion")[-1]
     assert sent["lora"] == [{"id": 0, "scale": 1.0}] and sent["top_k"] == 0 and sent["min_p"] == 0.0
+    assert sent["seed"] == 3  # llama-server's seed is a 32-bit int
     assert _chat(http, BASE).json()["choices"][0]["message"]["content"] == "<base:0><base:1><base:2>"
     assert _log(standin[1], "completion")[-1]["lora"] == []
 

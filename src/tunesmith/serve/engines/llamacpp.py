@@ -56,6 +56,7 @@ def find_llama_server(name: str = "llama-server") -> str | None:
 
 class LlamaCppEngine(RemoteEngine):
     name = "llama.cpp"
+    seed_range = 1 << 31  # llama-server reads `seed` as a 32-bit int (-1 means random)
 
     def __init__(self, *args, base_config, context_length: int, **kwargs):
         super().__init__(*args, **kwargs)

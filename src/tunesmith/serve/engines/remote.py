@@ -98,6 +98,7 @@ class RemoteEngine(GenerationEngine):
     """The process and HTTP plumbing shared by the llama.cpp and vLLM engines."""
 
     name = "remote"
+    seed_range = 1 << 63  # seeds are sent modulo this (what the engine's seed field holds)
 
     def __init__(self, cfg: ServeConfig, registry: NameRegistry, *, base_name: str,
                  metrics: Optional[ServeMetrics] = None, port: Optional[int] = None):
@@ -247,7 +248,7 @@ class RemoteEngine(GenerationEngine):
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:
-            body["seed"] = (params.seed + index) % (1 << 63)
+            body["seed"] = (params.seed + index) % self.seed_range
         body.update(self.sampling_fields(params))
         body.update(self.request_fields(target))
         return body
