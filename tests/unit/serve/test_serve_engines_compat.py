@@ -88,3 +88,15 @@ def test_llama_server_command_loads_adapters_unapplied():
                     "--lora", "/l1.gguf", "--lora-init-without-apply"]
     assert "--lora-init-without-apply" not in llama_server_command(
         executable="s", gguf="/m", host="h", port=1, lora_files=[], parallel=1, context_length=8)
+
+
+def test_tunesmith_train_refuses_before_reading_any_data(tmp_path):
+    """`serve_compat` is checked first thing in `train.sft.run`: the data path does not even exist."""
+    from tunesmith.train.sft import run
+
+    cfg = TrainConfig.model_validate({"lora": {"modules_to_save": ["lm_head"]}, "output_dir": str(tmp_path / "out"),
+                                      "data": {"path": str(tmp_path / "missing")},
+                                      "train": {"serve_compat": "llama.cpp"}})
+    with pytest.raises(ConfigError, match="modules_to_save"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
