@@ -36,12 +36,12 @@ def _log(path: Path, kind: str) -> list[dict]:
     return [e["body"] for e in map(json.loads, path.read_text().splitlines()) if e["kind"] == kind]
 
 
-def _server(root, standin, monkeypatch_env, engine: str, **options):
+def _server(root, standin, monkeypatch_env, engine: str, max_queue: int = 256, **options):
     wrapper, log = standin
     monkeypatch_env.setenv("STANDIN_LOG", str(log))
     executable = {"vllm": {"vllm": str(wrapper)}, "llama.cpp": {"llama_server": str(wrapper)}}[engine]
     cfg = ServeConfig(engine=engine, adapters={"a1": str(root / "a1")}, adapter_root=root, api_key=KEY,
-                      log_level="warning", max_batch_size=4,
+                      log_level="warning", max_batch_size=4, max_queue=max_queue,
                       engine_options=EngineOptions(startup_timeout=60, **executable, **options))
     return LiveServer(cfg)
 
@@ -201,3 +201,20 @@ def test_llama_server_refuses_runtime_loads_with_409_and_keeps_serving(llama_ser
     refused = http.post("/v1/load_lora_adapter", json={"lora_name": "a2", "lora_path": "a2"})
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "adapter_load_unsupported"
     assert _chat(http, "a1").status_code == 200
+
+
+def test_sequences_beyond_max_queue_get_429(root, standin, http_for):
+    import threading
+
+    from serve_helpers import wait_for
+
+    with pytest.MonkeyPatch.context() as mp:
+        with _server(root, standin, mp, "vllm", max_queue=1, request_timeout=1.0) as server:
+            http = http_for(server)
+            silent = threading.Thread(target=_chat, args=(http_for(server), "a1"), kwargs={"max_tokens": 14})
+            silent.start()
+            wait_for(lambda: server.state.engine.running == 1, timeout=10, what="the silent request")
+            busy = _chat(http, "a1")
+            assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+            silent.join(10)
+            assert _chat(http, "a1").status_code == 200  # the slot is free again after the timeout
