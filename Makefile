@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test test-full llama-cpp quickstart quickstart-demo install clean default-model demo-data
+.PHONY: test test-full llama-cpp llama-server quickstart quickstart-demo install clean default-model demo-data
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ default-model: $(STAMP)
 # Regenerate the demo ticket-triage dataset under examples/data/tickets.
 demo-data: $(STAMP)
 	$(BIN)/tunesmith data demo --out examples/data/tickets
+
+# Build llama.cpp's llama-server (for `tunesmith serve --engine llama.cpp`) from the sources in the
+# llama-cpp-python sdist; cached under ~/.cache/tunesmith/llama-server/VERSION/ (minutes of CPU).
+llama-server:
+	PYTHON=$(PYTHON) sh scripts/build_llama_server.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache

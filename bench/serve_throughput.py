@@ -14,6 +14,14 @@ measures what serving 4 adapters at once costs against serving one.
 Both servers use one torch thread unless --threads says otherwise (0: torch's default).
 
 Target (issue #6): at 8+ concurrent clients, at least 3x the baseline's tokens/s with lower p95.
+
+With `--engine llama.cpp` (and `--gguf`) or `--engine vllm` it measures instead what tunesmith in
+front of that engine costs: the engine alone (started with the command line tunesmith builds,
+driven with the same prompt token ids on its own /v1/completions) against `tunesmith serve
+--engine ...` (the same engine behind tunesmith's API), at each concurrency, plus 4 adapters vs 1
+behind tunesmith. Target (issue #18): behind tunesmith >= 95% of the engine's tokens/s at 8 clients.
+
+    python bench/serve_throughput.py --engine llama.cpp --gguf model-f16.gguf --concurrency 1 8 32
 """
 
 from __future__ import annotations
@@ -166,6 +174,9 @@ def main() -> None:
                         help="torch threads of both servers (OMP_NUM_THREADS); 0: torch's default. One thread "
                              "by default: a tiny model gains nothing from more, and on a shared CPU extra "
                              "threads mostly wait at barriers")
+    parser.add_argument("--engine", choices=["own", "llama.cpp", "vllm"], default="own",
+                        help="own: tunesmith vs the pipeline baseline; llama.cpp/vllm: the engine alone vs behind tunesmith")
+    parser.add_argument("--gguf", help="the model as a GGUF file (--engine llama.cpp)")
     parser.add_argument("--role", choices=["bench", "baseline"], default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,6 +190,9 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="tunesmith-bench-"))
     adapters = build_adapters(work, 4)
+    if args.engine != "own":
+        compare_engine(args, env, work, adapters)
+        return
     n = args.max_tokens
     baseline = Target("baseline", "", "/generate", lambda q, m: {"prompt": q})
     tunesmith = Target("tunesmith", "", "/v1/chat/completions", lambda q, m: {
@@ -234,6 +248,89 @@ def main() -> None:
     met = all(results["tunesmith"][c]["tokens_per_s"] >= 3 * results["baseline"][c]["tokens_per_s"]
               and results["tunesmith"][c]["p95"] < results["baseline"][c]["p95"] for c in args.concurrency if c >= 8)
     print(f"target (>=3x tokens/s and lower p95 at 8+ clients): {'met' if met else 'NOT met'}")
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"raw numbers: {work / 'results.json'}")
+
+
+# --------------------------------------------------------------------------- an engine alone vs behind tunesmith
+
+
+def _report(label: str, level: int, stats: dict) -> None:
+    print(f"{label:>17}  c={level:<3} {stats['tokens_per_s']:8.1f} tok/s  p50 {stats['p50']:6.2f}s  "
+          f"p95 {stats['p95']:6.2f}s", flush=True)
+
+
+def compare_engine(args, env: dict, work: Path, adapters: dict[str, Path]) -> None:
+    """The engine alone, then the same engine behind `tunesmith serve --engine`, on the same
+    prompt token ids; then 4 adapters vs 1 behind tunesmith."""
+    from tunesmith.serve.config import EngineOptions, ServeConfig
+    from tunesmith.serve.engines.base import SamplingParams
+    from tunesmith.serve.state import create_state
+
+    n = args.max_tokens
+    options = EngineOptions(gguf=Path(args.gguf) if args.gguf else None)
+    cfg = ServeConfig(engine=args.engine, model={"path": args.model}, engine_options=options,
+                      adapters={name: str(path) for name, path in adapters.items()},
+                      max_batch_size=max(args.concurrency), threads=args.threads or None)
+    state = create_state(cfg)
+    engine = state.engine
+    prompts = {q: state.base.tokenizer.encode(q) for q in QUESTIONS}
+    sampling = engine.sampling_fields(SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
+
+    def alone_body(question: str, model: str) -> dict:
+        target = state.resolve(model)
+        return {"prompt": prompts[question], "max_tokens": n, "temperature": 0, "ignore_eos": True,
+                **sampling, **engine.request_fields(target)}
+
+    def behind_body(question: str, model: str) -> dict:
+        return {"model": model, "prompt": prompts[question], "max_tokens": n, "temperature": 0, "ignore_eos": True}
+
+    print(f"engine={args.engine} model={args.model} requests/level={args.requests} max_tokens={n} "
+          f"cpu_cores={os.cpu_count()} concurrency={args.concurrency}", flush=True)
+    results: dict[str, dict] = {"alone": {}, "behind": {}}
+    engine.launch()
+    try:
+        alone = Target("alone", engine.url, "/v1/completions", alone_body)
+        asyncio.run(drive(alone, 2, 1, [state.base.name]))
+        for level in args.concurrency:
+            results["alone"][level] = asyncio.run(drive(alone, args.requests, level, [state.base.name]))
+            _report(f"{args.engine} alone", level, results["alone"][level])
+    finally:
+        engine.stop_process()
+
+    port = free_port()
+    behind = Target("behind", f"http://127.0.0.1:{port}", "/v1/completions", behind_body)
+    cmd = [sys.executable, "-m", "tunesmith", "serve", "--engine", args.engine, "--model", args.model,
+           "--port", str(port), "--max-batch-size", str(max(args.concurrency)), "--set", "log_level=warning",
+           *(["--gguf", args.gguf] if args.gguf else []),
+           *[f"--adapter={name}={path}" for name, path in adapters.items()]]
+    proc = start(cmd, env, work / "behind.log")
+    try:
+        wait_ready(behind.url, proc, timeout=cfg.engine_options.startup_timeout)
+        asyncio.run(drive(behind, 2, 1, [state.base.name]))
+        for level in args.concurrency:
+            results["behind"][level] = asyncio.run(drive(behind, args.requests, level, [state.base.name]))
+            _report("behind tunesmith", level, results["behind"][level])
+        level = max(args.concurrency)
+        results["adapters"] = {"one": asyncio.run(drive(behind, args.requests, level, ["ad0"])),
+                               "four": asyncio.run(drive(behind, args.requests, level, list(adapters))),
+                               "concurrency": level}
+    finally:
+        stop(proc)
+
+    print("\nconcurrency  alone tok/s  behind tok/s  behind/alone  alone p95  behind p95")
+    for level in args.concurrency:
+        a, b = results["alone"][level], results["behind"][level]
+        print(f"{level:>11}  {a['tokens_per_s']:11.1f}  {b['tokens_per_s']:12.1f}  "
+              f"{b['tokens_per_s'] / a['tokens_per_s']:11.2f}x  {a['p95']:8.2f}s  {b['p95']:9.2f}s")
+    ad = results["adapters"]
+    print(f"\nadapters at c={ad['concurrency']} behind tunesmith: one {ad['one']['tokens_per_s']:.1f} tok/s, "
+          f"four {ad['four']['tokens_per_s']:.1f} tok/s "
+          f"({ad['four']['tokens_per_s'] / ad['one']['tokens_per_s']:.2f}x)")
+    if 8 in args.concurrency:
+        ratio = results["behind"][8]["tokens_per_s"] / results["alone"][8]["tokens_per_s"]
+        print(f"target (behind tunesmith >= 95% of the engine's tokens/s at 8 clients): "
+              f"{'met' if ratio >= 0.95 else 'NOT met'} ({ratio:.1%})")
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"raw numbers: {work / 'results.json'}")
 

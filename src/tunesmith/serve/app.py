@@ -202,10 +202,12 @@ def build_app(cfg: ServeConfig | None = None, *, model=None, tokenizer=None,
 
 def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": state.base.name, "adapters": state.registry.names(),
-                "loaded_adapters": state.registry.loaded_names(), "queued": state.engine.queued,
-                "running": state.engine.running}
+    async def health() -> Any:
+        engine = state.engine.health()
+        body = {"status": "ok" if engine["alive"] else "engine_down", "model": state.base.name,
+                "adapters": state.registry.names(), "loaded_adapters": state.registry.loaded_names(),
+                "queued": state.engine.queued, "running": state.engine.running, "engine": engine}
+        return body if engine["alive"] else JSONResponse(body, status_code=503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -249,7 +251,7 @@ def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
         path = resolve_under_root(state.cfg.adapter_root, req.lora_path)
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(None, state.prepare, name, path)
-        await asyncio.wrap_future(state.engine.call(lambda: state.registry.add(prepared)))
+        await asyncio.wrap_future(state.engine.add_adapter(prepared))
         log.info("loaded adapter %s from %s", name, prepared.info.adapter_dir)
         return {"object": "lora_adapter", "id": name, "status": "loaded",
                 "message": f"Success: LoRA adapter '{name}' added successfully."}
@@ -261,7 +263,7 @@ def _add_admin_routes(app: FastAPI, state: ServeState) -> None:
         if state.registry.get(req.lora_name) is None:
             raise APIError(404, f"No adapter named `{req.lora_name}` is loaded.", param="lora_name",
                            code="model_not_found")
-        await asyncio.wrap_future(state.engine.call(lambda: state.registry.remove(req.lora_name)))
+        await asyncio.wrap_future(state.engine.remove_adapter(req.lora_name))
         log.info("unloaded adapter %s", req.lora_name)
         return {"object": "lora_adapter", "id": req.lora_name, "status": "unloaded",
                 "message": f"Success: LoRA adapter '{req.lora_name}' removed successfully."}

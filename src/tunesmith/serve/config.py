@@ -34,12 +34,34 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
+class EngineOptions(StrictModel):
+    """Where the llama.cpp and vLLM engines come from, and how long they may take to start."""
+
+    gguf: Optional[Path] = Field(
+        None, description="llama.cpp: the base or merged model as a GGUF file (e.g. from `tunesmith export gguf`)")
+    llama_server: str = Field(
+        "llama-server", description="llama.cpp: the llama-server binary (a name on PATH or a path)")
+    vllm: str = Field("vllm", description="vLLM: the `vllm` command (a name on PATH or a path)")
+    extra_args: list[str] = Field(
+        default_factory=list, description="more arguments for the engine's command line, appended as given")
+    startup_timeout: float = Field(
+        900.0, gt=0, description="seconds the engine may take to load the model and answer its health check")
+    request_timeout: float = Field(
+        300.0, gt=0, description="seconds the engine may stay silent during one request before it fails with 504")
+
+
 class ServeConfig(StrictModel):
     """`tunesmith serve`: one base model and many LoRA adapters behind an OpenAI-compatible API."""
 
     model: Annotated[ModelConfig, Flag("--model", "-m", key="path",
                                        help="base or merged model: directory, hub id or `default`"),
                      Flag("--quantization", key="quantization")] = Field(default_factory=ModelConfig)
+    engine: Annotated[Literal["own", "llama.cpp", "vllm"], Flag("--engine")] = Field(
+        "own", description="what generates the tokens: tunesmith's own engine, llama.cpp's llama-server "
+                           "(CPUs) or vLLM (GPUs); the API in front stays the same")
+    engine_options: Annotated[EngineOptions, Flag("--gguf", key="gguf",
+                                                  help="the model as a GGUF file, for --engine llama.cpp")] = Field(
+        default_factory=EngineOptions)
     served_model_name: Annotated[Optional[str], Flag("--served-model-name")] = Field(
         None, description="name clients pass as `model` for the base; default: the model directory's name")
     adapters: Annotated[dict[str, str], Flag("--adapter", "-a", parse=parse_adapter_specs, repeat=True,

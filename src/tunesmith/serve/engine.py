@@ -24,63 +24,19 @@ import logging
 import math
 import secrets
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
-from tunesmith.serve.adapters import BASE_ROW, AdapterRegistry, Target
+from tunesmith.serve.adapters import BASE_ROW, AdapterRegistry, PreparedAdapter, Target
 from tunesmith.serve.detokenize import TextTracker
+from tunesmith.serve.engines.base import (Event, GenerationEngine, RequestHandle, SamplingParams, queue_full,
+                                           shutting_down)
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.protocol import APIError
 
 log = logging.getLogger("tunesmith.serve")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    seed: Optional[int] = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-
-@dataclass
-class Event:
-    """What one step produced for one choice of a request."""
-
-    index: int
-    text: str
-    completion_tokens: int
-    token_id: Optional[int] = None  # the token generated this step (None on errors)
-    finish_reason: Optional[str] = None
-    error: Optional[APIError] = None
-
-
-class RequestHandle:
-    """The HTTP side's view of a submitted request: its events arrive on `events`."""
-
-    def __init__(self, engine: "Engine", loop: asyncio.AbstractEventLoop, target: Target,
-                 prompts: list[list[int]], n: int):
-        self.engine = engine
-        self.loop = loop
-        self.target = target
-        self.prompts = prompts
-        self.n = n
-        self.prompt_tokens = sum(len(p) for p in prompts)
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = False
-        self.created = time.monotonic()
-
-    def cancel(self) -> None:
-        """The client went away: stop generating for it at the next step."""
-        if not self.cancelled:
-            self.cancelled = True
-            self.engine.wake()
 
 
 class _Sequence:
@@ -108,7 +64,9 @@ class _Sequence:
         return self.handle.target.adapter
 
 
-class Engine:
+class Engine(GenerationEngine):
+    """tunesmith's own engine: the default, and the reference the other engines are tested against."""
+
     def __init__(self, registry: AdapterRegistry, *, device: torch.device | str, max_batch_size: int,
                  max_queue: int, metrics: Optional[ServeMetrics] = None):
         self.registry = registry
@@ -169,15 +127,20 @@ class Engine:
                 for i, prompt in enumerate(prompts) for j in range(n)]
         with self._cond:
             if self._stopping:
-                raise APIError(503, "The server is shutting down.", type="server_error", code="server_shutting_down")
+                raise shutting_down()
             if len(self._waiting) + len(seqs) > self.max_queue:
-                raise APIError(429, f"The server is busy ({len(self._waiting)} sequences queued); retry shortly.",
-                               type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+                raise queue_full(len(self._waiting))
             self._waiting.extend(seqs)
             self._cond.notify_all()
         if self.metrics is not None:
             self.metrics.prompt_tokens.labels(target.name).inc(handle.prompt_tokens * n)
         return handle
+
+    def add_adapter(self, prepared: PreparedAdapter) -> concurrent.futures.Future:
+        return self.call(lambda: self.registry.add(prepared))
+
+    def remove_adapter(self, name: str) -> concurrent.futures.Future:
+        return self.call(lambda: self.registry.remove(name))
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run `fn` on the engine thread between two steps (model changes must not race a forward pass)."""

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tunesmith.chat.templates import render_prompt
 from tunesmith.serve.adapters import Target
 from tunesmith.serve.budget import within_budget
-from tunesmith.serve.engine import Event, RequestHandle
+from tunesmith.serve.engines.base import Event, RequestHandle
 from tunesmith.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                       bad_request, chat_chunk, chat_completion, new_id, parse_json_object,
                                       parse_request, sse, text_chunk, text_completion, usage, usage_chunk)
@@ -87,6 +87,7 @@ class _Collected:
         self.parts: list[list[str]] = [[] for _ in range(count)]
         self.token_ids: list[list[int]] = [[] for _ in range(count)]
         self.reasons: list[str] = [""] * count
+        self.counts: list[int] = [0] * count  # the engine's count: a piece of text may hold several tokens
 
     @property
     def choices(self) -> list[tuple[str, str]]:
@@ -94,7 +95,7 @@ class _Collected:
 
     @property
     def completion_tokens(self) -> int:
-        return sum(len(ids) for ids in self.token_ids)
+        return sum(self.counts)
 
 
 async def _collect(request: Request, state: ServeState, handle: RequestHandle, count: int) -> _Collected:
@@ -114,7 +115,9 @@ async def _collect(request: Request, state: ServeState, handle: RequestHandle, c
                 handle.cancel()
                 raise event.error
             out.parts[event.index].append(event.text)
-            out.token_ids[event.index].append(event.token_id)
+            out.counts[event.index] = event.completion_tokens
+            if event.token_id is not None:
+                out.token_ids[event.index].append(event.token_id)
             if event.finish_reason is not None:
                 out.reasons[event.index] = event.finish_reason
                 remaining -= 1

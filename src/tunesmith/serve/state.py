@@ -16,7 +16,7 @@ from tunesmith.errors import ServeError, TunesmithError
 from tunesmith.models import DEFAULT_MODEL_NAME
 from tunesmith.models.loading import load_model, load_tokenizer, resolve_model_path
 from tunesmith.serve.adapters import AdapterRegistry, Target, prepare_adapter
-from tunesmith.serve.engine import Engine, SamplingParams
+from tunesmith.serve.engines.base import GenerationEngine, SamplingParams
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.protocol import APIError, bad_request, model_not_found
 from tunesmith.serve.threads import tokenize_pool
@@ -27,8 +27,8 @@ API_KEY_ENV = "TUNESMITH_API_KEY"
 @dataclass
 class ServeState:
     cfg: ServeConfig
-    engine: Engine
-    registry: AdapterRegistry
+    engine: GenerationEngine
+    registry: Any  # AdapterRegistry for the own engine, the engine process's NameRegistry otherwise
     metrics: ServeMetrics
     base: Target
     base_aliases: frozenset[str]
@@ -94,9 +94,14 @@ class ServeState:
     # ------------------------------------------------------------------ adapters
 
     def prepare(self, name: str, path: str | Path):
-        return prepare_adapter(name, path, base_target=self.base, served_model=self.served_model,
-                               generation_config=self.generation_config, max_rank=self.cfg.max_lora_rank,
-                               allow_base_mismatch=self.cfg.allow_base_mismatch)
+        prepared = prepare_adapter(name, path, base_target=self.base, served_model=self.served_model,
+                                   generation_config=self.generation_config, max_rank=self.cfg.max_lora_rank,
+                                   allow_base_mismatch=self.cfg.allow_base_mismatch)
+        if self.cfg.engine != "own":  # the same rules `train.serve_compat` applies before training
+            from tunesmith.serve.engines.compat import check
+
+            check(self.cfg.engine, prepared.info.peft_config, what=f"adapter {name!r}")
+        return prepared
 
 
 def served_name(cfg: ServeConfig) -> str:
@@ -134,8 +139,13 @@ def resolve_api_key(cfg: ServeConfig) -> Optional[str]:
 def create_state(cfg: ServeConfig, *, model=None, tokenizer=None) -> ServeState:
     """Load the base model (unless given) and the startup adapters, and build the engine."""
     from tunesmith.chat.tokens import stop_token_ids
+    from tunesmith.serve.engine import Engine
 
     api_key = resolve_api_key(cfg)
+    if cfg.engine != "own":
+        from tunesmith.serve.engines.factory import create_remote_state
+
+        return create_remote_state(cfg, api_key=api_key, tokenizer=tokenizer)
     if cfg.adapter_root is not None and not cfg.adapter_root.is_dir():
         raise ServeError(f"--adapter-root {cfg.adapter_root} is not a directory")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -44,6 +44,8 @@ class TrainDataSettings(StrictModel):
 
 class TrainSettings(StrictModel):
     epochs: float = Field(1.0, gt=0)
+    serve_compat: Optional[Literal["vllm", "llama.cpp"]] = Field(
+        None, description="refuse LoRA settings this engine cannot serve, before training starts")
     max_steps: Optional[int] = Field(None, ge=1, description="overrides epochs when set")
     micro_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)

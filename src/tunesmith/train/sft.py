@@ -28,6 +28,7 @@ import torch
 from tunesmith.chat.masking import tokenize_conversation
 from tunesmith.chat.tokens import prepare_chat_model
 from tunesmith.train.config import TrainConfig
+from tunesmith.serve.engines.compat import check_training as check_serve_compat
 from tunesmith.errors import TrainingError
 from tunesmith.manifest import sha256_file, write_stage_record
 from tunesmith.models.loading import (
@@ -77,6 +78,7 @@ class TrainResult:
 def run(cfg: TrainConfig, *, resume: bool | str | Path | None = None, console=None) -> TrainResult:
     """Train as configured. `resume=True` continues from the latest complete checkpoint in
     `output_dir/checkpoints`; a path resumes from that checkpoint."""
+    check_serve_compat(cfg)  # before any work: an adapter the chosen engine cannot serve is refused now
     dist = setup_distributed()
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"

@@ -1,0 +1,98 @@
+"""Which LoRA adapters each engine can serve, checked before training and again at adapter load.
+
+The rules, with the reason each engine has:
+- vLLM: rank at most 512 and one of its rank buckets (1, 8, 16, 32, 64, 128, 256, 320, 512: its
+  `--max-lora-rank` choices); no DoRA, no `modules_to_save` and no LoRA bias (vLLM's adapter
+  loader refuses all three); rsLoRA is fine (vLLM reads `use_rslora`).
+- llama.cpp: a GGUF LoRA file holds plain A/B matrices and one `adapter.lora.alpha` applied as
+  alpha / r, so no DoRA, no `modules_to_save`, no bias, no rsLoRA scaling, and no per-module
+  rank or alpha (`rank_pattern`, `alpha_pattern`).
+- both: the targets must be linear layers inside the transformer blocks; an adapted embedding
+  or output head (`embed_tokens`, `lm_head`) is left out here, since neither engine applies it
+  to every architecture.
+Rules take a PEFT `adapter_config.json` as a dict, so training (which builds that dict from its
+settings) and serving (which reads it from disk) ask the same question.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from tunesmith.errors import ConfigError
+
+Engine = Literal["vllm", "llama.cpp"]
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+NON_LINEAR_TARGETS = ("embed_tokens", "lm_head", "wte", "wpe", "embed_out", "output")
+
+
+def lora_rank(peft_config: dict[str, Any]) -> int:
+    ranks = [int(peft_config.get("r") or 8), *[int(r) for r in (peft_config.get("rank_pattern") or {}).values()]]
+    return max(ranks)
+
+
+def vllm_rank(rank: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that holds `rank`."""
+    for bucket in VLLM_RANKS:
+        if rank <= bucket:
+            return bucket
+    raise ValueError(f"rank {rank} is above vLLM's largest LoRA rank ({VLLM_RANKS[-1]})")
+
+
+def _targets(peft_config: dict[str, Any]) -> list[str]:
+    targets = peft_config.get("target_modules") or []
+    if isinstance(targets, str):
+        return [] if targets == "all-linear" else [targets]
+    return list(targets)
+
+
+def problems(engine: Engine, peft_config: dict[str, Any]) -> list[str]:
+    """Why `engine` cannot serve an adapter with this config; empty when it can."""
+    found: list[str] = []
+    rank = lora_rank(peft_config)
+    if peft_config.get("use_dora"):
+        found.append(f"DoRA (use_dora) is not supported by {engine}; merge the adapter or train plain LoRA")
+    if peft_config.get("modules_to_save"):
+        found.append(f"modules_to_save ({', '.join(peft_config['modules_to_save'])}) is not supported by {engine}: "
+                     "it serves LoRA matrices only")
+    if peft_config.get("bias", "none") not in (None, "none"):
+        found.append(f"LoRA bias ({peft_config['bias']}) is not supported by {engine}; use bias: none")
+    bad_targets = [t for t in _targets(peft_config) if t.split(".")[-1] in NON_LINEAR_TARGETS]
+    if bad_targets:
+        found.append(f"target modules {', '.join(bad_targets)} (embedding/output head) are not applied by {engine}; "
+                     "target the attention and MLP projections")
+    if engine == "vllm":
+        if rank > VLLM_RANKS[-1]:
+            found.append(f"rank {rank} is above vLLM's largest LoRA rank, {VLLM_RANKS[-1]}")
+    else:
+        if peft_config.get("use_rslora"):
+            found.append("rsLoRA scaling (alpha / sqrt(r)) is not what llama.cpp applies (alpha / r); "
+                         "train with use_rslora: false")
+        if peft_config.get("rank_pattern") or peft_config.get("alpha_pattern"):
+            found.append("per-module rank or alpha (rank_pattern, alpha_pattern) does not fit llama.cpp's one "
+                         "alpha per adapter file")
+    return found
+
+
+def check(engine: Optional[Engine], peft_config: dict[str, Any], *, what: str) -> None:
+    """Raise a ConfigError listing every reason `engine` cannot serve `what`; None checks nothing."""
+    if engine is None:
+        return
+    found = problems(engine, peft_config)
+    if found:
+        raise ConfigError(f"{what} cannot be served by {engine}: " + "; ".join(found),
+                          hint=f"change these settings, or drop serve_compat: {engine} to train anyway")
+
+
+def train_peft_config(lora: Any) -> dict[str, Any]:
+    """The adapter_config.json fields that `tunesmith train`'s LoRA settings produce."""
+    return {"r": lora.r, "lora_alpha": lora.alpha, "target_modules": lora.target_modules,
+            "use_rslora": lora.use_rslora, "use_dora": lora.use_dora,
+            "modules_to_save": list(lora.modules_to_save), "bias": "none"}
+
+
+def check_training(cfg: Any) -> None:
+    """Called at the start of `tunesmith train`: refuse settings the chosen engine cannot serve."""
+    engine = getattr(cfg.train, "serve_compat", None)
+    if engine is None or cfg.method == "full":
+        return
+    check(engine, train_peft_config(cfg.lora), what="this training's adapter")

@@ -1,0 +1,122 @@
+"""A stand-in for vLLM's OpenAI server and llama.cpp's llama-server: the subset of their HTTP
+API that tunesmith uses, started from their command lines, so the proxy can be tested on a CPU.
+
+`engine_standin.py serve MODEL ...` behaves like `vllm serve`, anything else like llama-server.
+It "generates" `<NAME:i>` for i < max_tokens, where NAME is what the request selected (vLLM: the
+`model`; llama.cpp: the adapter named by the `lora` list, or `base`), and appends every request
+body (plus its own argv and environment) as one JSON line to $STANDIN_LOG for the tests to read.
+`max_tokens: 13` is refused with 400, like an engine refusing a request; `max_tokens: 14` stops
+after two pieces and then stays silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+ARGV = sys.argv[1:]
+VLLM = bool(ARGV) and ARGV[0] == "serve"
+LOG = os.environ["STANDIN_LOG"]
+
+
+def option(name: str) -> list[str]:
+    return [ARGV[i + 1] for i, arg in enumerate(ARGV[:-1]) if arg == name]
+
+
+def record(kind: str, body) -> None:
+    with open(LOG, "a") as fh:
+        fh.write(json.dumps({"kind": kind, "body": body}) + "\n")
+
+
+def lora_names() -> list[str]:
+    """vLLM: names from --lora-modules; llama.cpp: the adapter files from --lora, checked to be
+    GGUF LoRA files the way llama.cpp checks them (the tests read the tensors themselves)."""
+    if VLLM:
+        start = ARGV.index("--lora-modules") + 1 if "--lora-modules" in ARGV else len(ARGV)
+        names = []
+        for item in ARGV[start:]:
+            if item.startswith("--"):
+                break
+            names.append(item.split("=", 1)[0])
+        return names
+    import gguf
+
+    names = []
+    for path in option("--lora"):
+        reader = gguf.GGUFReader(path)
+        kind = reader.fields["general.type"]
+        assert bytes(kind.parts[kind.data[0]]).decode() == "adapter", path
+        names.append(os.path.basename(path).split("-", 1)[1].removesuffix(".gguf"))
+    return names
+
+
+app = FastAPI()
+LORAS = lora_names()
+record("start", {"argv": ARGV, "runtime_lora": os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")})
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+def selected(body) -> str:
+    if VLLM:
+        return body["model"]
+    chosen = [entry for entry in body.get("lora", []) if entry.get("scale")]
+    return LORAS[chosen[0]["id"]] if chosen else "base"
+
+
+@app.post("/v1/completions")
+async def completions(request: Request):
+    body = await request.json()
+    record("completion", body)
+    if body["max_tokens"] == 13:
+        return JSONResponse({"error": {"message": "max_tokens 13 is unlucky", "type": "BadRequestError"}},
+                            status_code=400)
+    if VLLM and body["model"] not in [option("--served-model-name")[0], *LORAS]:
+        return JSONResponse({"error": {"message": f"The model `{body['model']}` does not exist."}}, status_code=404)
+    name = selected(body)
+
+    async def events():
+        pieces = 2 if body["max_tokens"] == 14 else body["max_tokens"]
+        for i in range(pieces):
+            chunk = {"object": "text_completion", "choices": [{"index": 0, "text": f"<{name}:{i}>",
+                                                               "finish_reason": None}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            await asyncio.sleep(0)
+        if body["max_tokens"] == 14:
+            await asyncio.sleep(3600)
+        yield "data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}) + "\n\n"
+        yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": pieces}}) + "\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@app.post("/v1/load_lora_adapter")
+async def load(request: Request):
+    body = await request.json()
+    record("load", body)
+    LORAS.append(body["lora_name"])
+    return JSONResponse(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+
+@app.post("/v1/unload_lora_adapter")
+async def unload(request: Request):
+    body = await request.json()
+    record("unload", body)
+    if body["lora_name"] not in LORAS:
+        return JSONResponse({"error": {"message": "not loaded"}}, status_code=404)
+    LORAS.remove(body["lora_name"])
+    return JSONResponse(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=option("--host")[0], port=int(option("--port")[0]), log_level="warning")

@@ -1,0 +1,220 @@
+"""`--engine vllm` and `--engine llama.cpp` through tunesmith's API, against a stand-in process
+that speaks the engines' HTTP API (tests/e2e/engine_standin.py), started from the command line
+tunesmith builds: the right model/adapter reaches the engine, streaming works, the engine's
+errors become tunesmith's envelopes, and a dead or silent engine fails requests instead of
+hanging them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tunesmith.serve.config import EngineOptions, ServeConfig
+
+from serve_helpers import LiveServer
+
+KEY = "engine-key"
+BASE = "tunesmith-demo-4m"
+STANDIN = Path(__file__).with_name("engine_standin.py")
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory, root):
+    """An executable that runs the stand-in with this interpreter, and the log it writes."""
+    folder = tmp_path_factory.mktemp("standin")
+    wrapper = folder / "engine"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, folder / "log.jsonl"
+
+
+def _log(path: Path, kind: str) -> list[dict]:
+    return [e["body"] for e in map(json.loads, path.read_text().splitlines()) if e["kind"] == kind]
+
+
+def _server(root, standin, monkeypatch_env, engine: str, max_queue: int = 256, **options):
+    wrapper, log = standin
+    monkeypatch_env.setenv("STANDIN_LOG", str(log))
+    executable = {"vllm": {"vllm": str(wrapper)}, "llama.cpp": {"llama_server": str(wrapper)}}[engine]
+    cfg = ServeConfig(engine=engine, adapters={"a1": str(root / "a1")}, adapter_root=root, api_key=KEY,
+                      log_level="warning", max_batch_size=4, max_queue=max_queue,
+                      engine_options=EngineOptions(startup_timeout=60, **executable, **options))
+    return LiveServer(cfg)
+
+
+@pytest.fixture()
+def http_for():
+    clients = []
+
+    def make(server):
+        client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def _chat(http, model, **extra):
+    return http.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                                   "max_tokens": 3, **extra})
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+@pytest.fixture(scope="module")
+def vllm_server(root, standin):
+    with pytest.MonkeyPatch.context() as mp:
+        server = _server(root, standin, mp, "vllm", request_timeout=2.0)
+        with server:
+            yield server
+
+
+def test_vllm_starts_with_lora_flags_on_loopback(vllm_server, standin, root):
+    argv = _log(standin[1], "start")[-1]["argv"]
+    assert argv[:2] == ["serve", vllm_server.state.served_model]
+    def value(flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    assert value("--host") == "127.0.0.1" and value("--served-model-name") == BASE
+    assert "--enable-lora" in argv and value("--max-loras") == "8" and value("--max-num-seqs") == "4"
+    # runtime loading is on (--adapter-root), so vLLM reserves the server's rank limit, in a bucket it accepts
+    assert value("--max-lora-rank") == "256"
+    assert argv[argv.index("--lora-modules") + 1] == f"a1={(root / 'a1').resolve()}"
+    assert _log(standin[1], "start")[-1]["runtime_lora"] == "True"
+
+
+def test_vllm_requests_name_the_adapter_and_carry_the_prompt_ids(vllm_server, standin, http_for):
+    http = http_for(vllm_server)
+    adapter = _chat(http, "a1", temperature=0, seed=5, n=2).json()
+    assert [c["message"]["content"] for c in adapter["choices"]] == ["<a1:0><a1:1><a1:2>"] * 2
+    assert adapter["model"] == "a1" and adapter["usage"]["completion_tokens"] == 6
+    sent = _log(standin[1], "completion")[-2:]
+    assert {b["model"] for b in sent} == {"a1"} and sorted(b["seed"] for b in sent) == [5, 6]
+    prompt = sent[0]["prompt"]
+    assert all(isinstance(t, int) for t in prompt) and sent[0]["temperature"] == 0
+    base = _chat(http, BASE).json()
+    assert base["choices"][0]["message"]["content"] == f"<{BASE}:0><{BASE}:1><{BASE}:2>"
+    assert _log(standin[1], "completion")[-1]["prompt"] == prompt  # same template, same ids
+
+
+def test_vllm_streams_through_tunesmith(vllm_server, http_for):
+    http = http_for(vllm_server)
+    with http.stream("POST", "/v1/completions", json={"model": "a1", "prompt": "x", "max_tokens": 4,
+                                                      "stream": True}) as response:
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "<a1:0><a1:1><a1:2><a1:3>"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_vllm_refusal_becomes_a_tunesmith_error_envelope(vllm_server, http_for):
+    response = _chat(http_for(vllm_server), "a1", max_tokens=13)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "engine_refused"
+    assert "unlucky" in response.json()["error"]["message"]
+
+
+def test_vllm_silence_is_a_504_not_a_hang(vllm_server, http_for):
+    response = _chat(http_for(vllm_server), "a1", max_tokens=14)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "engine_timeout"
+
+
+def test_a_client_that_leaves_closes_its_engine_stream(vllm_server, http_for):
+    """The engine stays silent after two pieces; the client reads them and leaves, and tunesmith
+    drops its request to the engine instead of holding it until the timeout."""
+    from serve_helpers import metric, wait_for
+
+    http = http_for(vllm_server)
+    cancelled = metric(http.get("/metrics").text, "tunesmith_cancelled_sequences_total")
+    with http.stream("POST", "/v1/completions", json={"model": "a1", "prompt": "x", "max_tokens": 14,
+                                                      "stream": True}) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines)[6:])["choices"][0]["text"] == "<a1:0>"
+        assert vllm_server.state.engine.running == 1
+    wait_for(lambda: vllm_server.state.engine.running == 0, timeout=1.5, what="the engine request to close")
+    # closed by the client leaving, not by the 2 s silence timeout
+    assert metric(http.get("/metrics").text, "tunesmith_cancelled_sequences_total") == cancelled + 1
+
+
+def test_vllm_hot_load_and_unload_go_to_vllm(vllm_server, standin, http_for, root):
+    http = http_for(vllm_server)
+    loaded = http.post("/v1/load_lora_adapter", json={"lora_name": "a2", "lora_path": "a2"})
+    assert loaded.status_code == 200, loaded.text
+    assert _log(standin[1], "load")[-1] == {"lora_name": "a2", "lora_path": str((root / "a2").resolve())}
+    assert _chat(http, "a2").json()["choices"][0]["message"]["content"].startswith("<a2:0>")
+    assert "a2" in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "a2"}).status_code == 200
+    assert _log(standin[1], "unload")[-1] == {"lora_name": "a2"}
+    assert _chat(http, "a2").status_code == 404
+
+
+def test_a_dead_engine_gives_503_at_once(root, standin, http_for):
+    with pytest.MonkeyPatch.context() as mp, _server(root, standin, mp, "vllm") as server:
+        http = http_for(server)
+        assert http.get("/health").json()["engine"] == {"engine": "vllm", "alive": True}
+        server.state.engine.process.kill()
+        server.state.engine.process.wait()
+        response = _chat(http, "a1")
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+        health = http.get("/health")
+        assert health.status_code == 503 and health.json()["engine"]["alive"] is False
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+@pytest.fixture(scope="module")
+def llama_server(root, standin, tmp_path_factory):
+    gguf = tmp_path_factory.mktemp("gguf") / "model.gguf"
+    gguf.write_bytes(b"GGUF")  # the stand-in does not read the model
+    with pytest.MonkeyPatch.context() as mp:
+        server = _server(root, standin, mp, "llama.cpp", gguf=gguf)
+        with server:
+            yield server, gguf
+
+
+def test_llama_server_gets_converted_adapters_applied_per_request(llama_server, standin, http_for):
+    server, gguf = llama_server
+    argv = _log(standin[1], "start")[-1]["argv"]
+    assert argv[argv.index("-m") + 1] == str(gguf) and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--parallel") + 1] == "4" and "--lora-init-without-apply" in argv
+    assert argv[argv.index("--lora") + 1].endswith("000-a1.gguf")
+    http = http_for(server)
+    assert _chat(http, "a1", seed=2**40 + 3).json()["choices"][0]["message"]["content"] == "<a1:0><a1:1><a1:2>"
+    sent = _log(standin[1], "completion")[-1]
+    assert sent["lora"] == [{"id": 0, "scale": 1.0}] and sent["top_k"] == 0 and sent["min_p"] == 0.0
+    assert sent["seed"] == 3  # llama-server's seed is a 32-bit int
+    assert _chat(http, BASE).json()["choices"][0]["message"]["content"] == "<base:0><base:1><base:2>"
+    assert _log(standin[1], "completion")[-1]["lora"] == []
+
+
+def test_llama_server_refuses_runtime_loads_with_409_and_keeps_serving(llama_server, http_for):
+    http = http_for(llama_server[0])
+    refused = http.post("/v1/load_lora_adapter", json={"lora_name": "a2", "lora_path": "a2"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "adapter_load_unsupported"
+    assert _chat(http, "a1").status_code == 200
+
+
+def test_sequences_beyond_max_queue_get_429(root, standin, http_for):
+    import threading
+
+    from serve_helpers import wait_for
+
+    with pytest.MonkeyPatch.context() as mp:
+        with _server(root, standin, mp, "vllm", max_queue=1, request_timeout=1.0) as server:
+            http = http_for(server)
+            silent = threading.Thread(target=_chat, args=(http_for(server), "a1"), kwargs={"max_tokens": 14})
+            silent.start()
+            wait_for(lambda: server.state.engine.running == 1, timeout=10, what="the silent request")
+            busy = _chat(http, "a1")
+            assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+            silent.join(10)
+            assert _chat(http, "a1").status_code == 200  # the slot is free again after the timeout

@@ -1,0 +1,102 @@
+"""Which adapters each engine can serve (serve/engines/compat.py), checked before training and
+at adapter load, and the engines' command lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.serve.config import ServeConfig
+from tunesmith.serve.engines.compat import check_training, problems, vllm_rank
+from tunesmith.serve.engines.llamacpp import llama_server_command
+from tunesmith.serve.engines.vllm import vllm_command
+from tunesmith.train.config import TrainConfig
+
+from serve_helpers import build_adapter
+
+PLAIN = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"], "bias": "none"}
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama.cpp"])
+def test_a_plain_lora_adapter_is_servable_by_both(engine):
+    assert problems(engine, PLAIN) == []
+    assert problems(engine, {**PLAIN, "target_modules": "all-linear"}) == []
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama.cpp"])
+@pytest.mark.parametrize("setting, words", [
+    ({"use_dora": True}, "DoRA"), ({"modules_to_save": ["score"]}, "modules_to_save"),
+    ({"bias": "lora_only"}, "bias"), ({"target_modules": ["q_proj", "lm_head"]}, "lm_head"),
+    ({"target_modules": ["model.embed_tokens"]}, "embed_tokens")])
+def test_settings_no_engine_serves_are_refused_with_the_reason(engine, setting, words):
+    found = problems(engine, {**PLAIN, **setting})
+    assert len(found) == 1 and words in found[0] and engine in found[0]
+
+
+def test_rank_limits_and_scaling_differ_per_engine():
+    assert problems("vllm", {**PLAIN, "r": 512}) == []
+    assert "512" in problems("vllm", {**PLAIN, "r": 1024})[0]
+    assert problems("llama.cpp", {**PLAIN, "r": 1024}) == []
+    assert problems("vllm", {**PLAIN, "use_rslora": True}) == []
+    assert "rsLoRA" in problems("llama.cpp", {**PLAIN, "use_rslora": True})[0]
+    assert "rank_pattern" in problems("llama.cpp", {**PLAIN, "rank_pattern": {"q_proj": 8}})[0]
+    assert problems("vllm", {**PLAIN, "r": 8, "rank_pattern": {"q_proj": 1024}})  # the largest rank counts
+
+
+def test_vllm_rank_buckets():
+    assert [vllm_rank(r) for r in (1, 2, 8, 9, 200, 300, 512)] == [1, 8, 8, 16, 256, 320, 512]
+    with pytest.raises(ValueError):
+        vllm_rank(513)
+
+
+def test_training_refuses_what_the_chosen_engine_cannot_serve_before_it_starts():
+    cfg = TrainConfig.model_validate({"lora": {"use_dora": True, "r": 8}, "train": {"serve_compat": "vllm"}})
+    with pytest.raises(ConfigError, match="DoRA"):
+        check_training(cfg)
+    check_training(TrainConfig.model_validate({"lora": {"use_dora": True}}))  # no serve_compat: no check
+    check_training(TrainConfig.model_validate({"method": "full", "train": {"serve_compat": "llama.cpp"}}))
+    check_training(TrainConfig.model_validate({"train": {"serve_compat": "llama.cpp"}}))  # the defaults serve
+
+
+def test_adapter_load_applies_the_same_rules(tmp_path):
+    """An rsLoRA adapter, which tunesmith's own engine serves, is refused for llama.cpp at load."""
+    import json
+
+    from tunesmith.serve.state import create_state
+
+    adapter = build_adapter(tmp_path / "rs", seed=3)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    with pytest.raises(TunesmithError, match="rsLoRA"):
+        create_state(ServeConfig(engine="llama.cpp", adapters={"rs": str(adapter)}))
+
+
+def test_vllm_command_lists_every_adapter_and_the_lora_limits():
+    argv = vllm_command(executable="vllm", model="/m", served_name="base", host="127.0.0.1", port=9,
+                        adapters={"a": "/x/a", "b": "/x/b"}, max_loras=4, max_lora_rank=16, max_num_seqs=32,
+                        extra_args=["--dtype", "half"])
+    assert argv == ["vllm", "serve", "/m", "--served-model-name", "base", "--host", "127.0.0.1", "--port", "9",
+                    "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", "--max-num-seqs", "32",
+                    "--lora-modules", "a=/x/a", "b=/x/b", "--dtype", "half"]
+
+
+def test_llama_server_command_loads_adapters_unapplied():
+    argv = llama_server_command(executable="llama-server", gguf="/m.gguf", host="127.0.0.1", port=9,
+                                lora_files=["/l0.gguf", "/l1.gguf"], parallel=8, context_length=2048, threads=2)
+    assert argv == ["llama-server", "-m", "/m.gguf", "--host", "127.0.0.1", "--port", "9", "--parallel", "8",
+                    "--ctx-size", "16384", "--no-webui", "--threads", "2", "--lora", "/l0.gguf",
+                    "--lora", "/l1.gguf", "--lora-init-without-apply"]
+    assert "--lora-init-without-apply" not in llama_server_command(
+        executable="s", gguf="/m", host="h", port=1, lora_files=[], parallel=1, context_length=8)
+
+
+def test_tunesmith_train_refuses_before_reading_any_data(tmp_path):
+    """`serve_compat` is checked first thing in `train.sft.run`: the data path does not even exist."""
+    from tunesmith.train.sft import run
+
+    cfg = TrainConfig.model_validate({"lora": {"modules_to_save": ["lm_head"]}, "output_dir": str(tmp_path / "out"),
+                                      "data": {"path": str(tmp_path / "missing")},
+                                      "train": {"serve_compat": "llama.cpp"}})
+    with pytest.raises(ConfigError, match="modules_to_save"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
