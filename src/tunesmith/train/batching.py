@@ -43,10 +43,6 @@ class TokenizedSet:
                          f"({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items()))}); see skipped_examples.jsonl")
         return notes
 
-    @property
-    def trained_tokens(self) -> int:
-        return sum(sum(1 for t in ex["labels"][1:] if t != IGNORE_INDEX) for ex in self.examples)
-
 
 def tokenize_rows(rows: list[dict[str, Any]], tokenizer, settings: TrainSettings, name: str) -> TokenizedSet:
     """Tokenise conversations (loss on assistant turns) and plain-text rows (loss on every token)."""
