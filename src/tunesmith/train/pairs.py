@@ -154,6 +154,8 @@ class PreferencePlan:
     """Which examples each optimiser step uses, on each rank: a pure function of (seed, epoch,
     step), so a resumed run sees exactly the batches the interrupted one would have seen."""
 
+    layout = "padded (never packed)"
+
     def __init__(self, data: PreferenceSet, settings: TrainSettings, dist, pad_id: int, tokenizer=None):
         self.data = data
         self.settings = settings

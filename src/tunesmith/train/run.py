@@ -141,7 +141,8 @@ def _setup(cfg: TrainConfig, resume, console) -> Run:
     flatten = cfg.model.attn_implementation == "flash_attention_2"
     plan = objective.batch_plan(train_set, dist, chat.pad.id, flatten)
     say(f"training: {len(train_set)} examples, {plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps; "
-        f"{'packed' if cfg.train.packing else 'padded'} micro-batches of {cfg.train.micro_batch_size}, "
+        f"{getattr(plan, 'layout', 'packed' if cfg.train.packing else 'padded')} micro-batches of "
+        f"{cfg.train.micro_batch_size}, "
         f"gradient accumulation {cfg.train.gradient_accumulation_steps}, {dist.world_size} process(es)")
     val_batches = objective.eval_batches(val_set, dist, chat.pad.id, flatten) if val_set else []
 
