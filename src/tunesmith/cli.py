@@ -339,6 +339,7 @@ def eval_cmd(
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name to ask at --judge-url."),
     lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness tasks, comma-separated (needs lm-eval)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
+    preference: Optional[Path] = typer.Option(None, "--preference", help="Held-out preference pairs: accuracy and margin, base vs tuned."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation length limit (default 256)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts generated together (default 8)."),
     config: Optional[Path] = ConfigOpt,
@@ -356,6 +357,7 @@ def eval_cmd(
         EvalConfig, config, sets, print_config,
         model=model, data=data, out=out, compare_base=compare_base, base=base, json_fields=json_fields,
         json_schema=json_schema, labels=labels, regression=regression, lm_eval_tasks=lm_eval, limit=limit,
+        preference=preference,
         **{"judge.url": judge_url, "judge.model": judge_model, "generation.max_new_tokens": max_new_tokens,
            "generation.batch_size": batch_size},
     )

@@ -484,6 +484,8 @@ class EvalConfig(StrictModel):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (needs lm-eval)")
     lm_eval_limit: Optional[int] = Field(None, ge=1)
+    preference: Optional[Path] = Field(None, description="held-out preference pairs: accuracy and margin of "
+                                       "log p(chosen) - log p(rejected), base vs tuned")
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from tunesmith.config import TrainConfig, load_config
-from tunesmith.data.preference_demo import preference_pairs
 from tunesmith.errors import TrainingError
 from tunesmith.train import sft
 from tunesmith.train.checkpoint import latest_checkpoint
@@ -25,30 +24,6 @@ from tunesmith.train.pairs import tokenize_completion
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests/unit/chat"))
-
-
-def _ticket_rows(n: int) -> list[dict]:
-    return [json.loads(line) for line in (REPO / "examples/data/tickets/train.jsonl").read_text().splitlines()[:n]]
-
-
-@pytest.fixture(scope="session")
-def pairs_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("pairs")
-    pairs = preference_pairs(_ticket_rows(44), seed=0)
-    (directory / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[:36]))
-    (directory / "val.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[36:]))
-    return directory
-
-
-@pytest.fixture(scope="session")
-def kto_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("kto")
-    rows = []
-    for i, p in enumerate(preference_pairs(_ticket_rows(40), seed=0)):
-        good = i % 3 != 0
-        rows.append({"messages": p["prompt"] + (p["chosen"] if good else p["rejected"]), "label": good})
-    (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return directory
 
 
 _count = iter(range(10**6))
