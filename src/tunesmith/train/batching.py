@@ -71,7 +71,7 @@ def tokenize_rows(rows: list[dict[str, Any]], tokenizer, settings: TrainSettings
             raise TrainingError(
                 f"{name} data holds {kind}; supervised fine-tuning needs conversations (`messages`) or `text`",
                 where=str((row.get("meta") or {}).get("source", name)),
-                hint="point data.path at SFT data",
+                hint="point data.path at SFT data, or set objective: dpo, orpo or simpo (pairs) or kto (labelled rows)",
             )
     if not result.examples:
         raise TrainingError(f"no {name} example is left to train on",
