@@ -193,3 +193,23 @@ def test_data_of_the_wrong_kind_and_unsupported_settings_are_refused(pref_config
         sft.run(pref_config("objective=kto", "method=full", data=kto_dir))
     with pytest.raises(TrainingError, match="loss_type applies to objective: dpo"):
         sft.run(pref_config("objective=simpo", "preference.loss_type=ipo"))
+
+
+def test_two_process_ddp_dpo_matches_single_process(pref_config):
+    """DDP (gloo, CPU): 2 processes × 2 pairs make the update of one process with 4 pairs
+    (accumulation 2 × 2), and only rank 0 writes."""
+    settings = ["train.micro_batch_size=2", "lora.dropout=0", "train.max_steps=2", "train.log_every=1"]
+    single = sft.run(pref_config(*settings, "train.gradient_accumulation_steps=2"))
+    cfg = pref_config(*settings)
+    sets = [f"model={cfg.model.path}", f"data={cfg.data.path[0]}", f"output_dir={cfg.output_dir}",
+            "train.max_seq_len=320", "train.learning_rate=1e-2", "lora.r=4", "objective=dpo", *settings]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "tunesmith", "train", *[a for s in sets for a in ("--set", s)]],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((cfg.output_dir / "manifest.json").read_text())
+    assert manifest["distributed"] == {"world_size": 2, "strategy": "ddp", "ranks_agree": True}
+    assert proc.stderr.count("saved ") == 1
+    _assert_same(_weights(single.output_dir), _weights(cfg.output_dir), atol=1e-5)
+    ours = [r["loss"] for r in _metrics(cfg.output_dir) if "loss" in r]
+    assert ours == pytest.approx([r["loss"] for r in _metrics(single.output_dir) if "loss" in r], abs=1e-5)
