@@ -345,6 +345,8 @@ class TrainDataSettings(StrictModel):
 
     path: list[Path] = Field(default_factory=lambda: [Path("examples/data/tickets/train.jsonl")])
     val_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="validation share when raw files are prepared")
+    mix_ratio: Optional[float] = Field(None, gt=0.0, lt=1.0, description="objective pretrain: share of trained "
+                                       "tokens from the conversations in the data (the rest: the text corpus)")
 
     @model_validator(mode="before")
     @classmethod
@@ -406,7 +408,7 @@ class TrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: TrainDataSettings = Field(default_factory=TrainDataSettings)
     method: Literal["lora", "qlora", "full"] = "lora"
-    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "pretrain"] = Field(
         "sft", description="what the run optimises: sft on conversations, or a preference loss on pairs / KTO rows")
     init_from: Optional[Path] = Field(None, description="a LoRA training run to continue from (its adapter starts "
                                       "the run and, frozen, is the dpo/kto reference)")

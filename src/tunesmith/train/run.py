@@ -103,6 +103,10 @@ def make_objective(cfg: TrainConfig):
         from tunesmith.train.sft import SupervisedObjective
 
         return SupervisedObjective(cfg.train)
+    if objective == "pretrain":
+        from tunesmith.train.pretrain import PretrainObjective
+
+        return PretrainObjective(cfg)
     from tunesmith.train.objectives import for_config
 
     return for_config(cfg)
@@ -138,6 +142,10 @@ def _setup(cfg: TrainConfig, resume, console) -> Run:
     val_set = objective.tokenize(data.val_rows, tokenizer, "validation") if data.val_rows else None
     for note in train_set.notes + (val_set.notes if val_set else []):
         say(note)
+    mix = getattr(objective, "mix", None)
+    if mix:
+        say(f"data mix: {mix['corpus_tokens']:,} corpus tokens and {mix['conversation_tokens']:,} conversation "
+            f"tokens ({100 * mix['conversation_share']:.1f}% conversations)")
     flatten = cfg.model.attn_implementation == "flash_attention_2"
     plan = objective.batch_plan(train_set, dist, chat.pad.id, flatten)
     say(f"training: {len(train_set)} examples, {plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps; "
@@ -356,6 +364,7 @@ def _save_outputs(r: Run, stopped_early: bool) -> None:
             "stopped_early": stopped_early,
             "skipped_steps": state.skipped_steps,
             "distributed": state.distributed or {"world_size": 1},
+            **({"data_mix": r.objective.mix} if getattr(r.objective, "mix", None) else {}),
         },
     )
 
