@@ -60,20 +60,13 @@ class _PreferenceBase:
 
     def tokenize(self, rows, tokenizer, split: str):
         self.tokenizer = tokenizer
-        data = tokenize_preference_rows(rows, tokenizer, self.settings, split, self.kind)
-        data.split = split  # which reference table its indices point into
-        for e in data.examples:
-            e["split"] = split
-        return data
+        return tokenize_preference_rows(rows, tokenizer, self.settings, split, self.kind)
 
     def batch_plan(self, data, dist, pad_id: int, flatten: bool):
         return PreferencePlan(data, self.settings, dist, pad_id, tokenizer=self.tokenizer)
 
     def eval_batches(self, data, dist, pad_id: int, flatten: bool):
-        batches = preference_eval_batches(data, self.settings, dist, pad_id, tokenizer=self.tokenizer)
-        for b in batches:
-            b.split = "validation"
-        return batches
+        return preference_eval_batches(data, self.settings, dist, pad_id, tokenizer=self.tokenizer)
 
     # -- model
 
@@ -184,8 +177,7 @@ class PairObjective(_PreferenceBase):
     def _reference_for(self, batch, inputs, device) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch.num_examples
         if self.precomputed:
-            split = getattr(batch, "split", "train")
-            table = self.reference[split]
+            table = self.reference[batch.split]
             ref = table[torch.tensor(batch.indices)].to(device=device, dtype=torch.float32)
             return ref[:, 0], ref[:, 1]
         logps = self._reference_logps(inputs)

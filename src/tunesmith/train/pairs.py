@@ -125,6 +125,8 @@ class PairBatch:
     indices: list[int]
     num_examples: int
     num_trained_tokens: int
+    #: which split's reference table `indices` point into (precomputed references)
+    split: str = "train"
     labels_desirable: torch.Tensor | None = None
     #: KTO: mismatched (prompt, completion) rows for the KL estimate, padded.
     kl_tensors: dict[str, torch.Tensor] | None = None
@@ -133,12 +135,12 @@ class PairBatch:
         return {k: v.to(device) for k, v in self.tensors.items()}
 
 
-def make_pair_batch(examples: list[dict[str, Any]], pad_id: int) -> PairBatch:
+def make_pair_batch(examples: list[dict[str, Any]], pad_id: int, split: str = "train") -> PairBatch:
     features = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
     tensors = PaddedCollator(pad_token_id=pad_id)(features)
     trained = int((tensors["labels"][:, 1:] != -100).sum())
     return PairBatch(tensors=tensors, indices=[e["index"] for e in examples], num_examples=len(examples),
-                     num_trained_tokens=trained)
+                     num_trained_tokens=trained, split=split)
 
 
 def make_kto_batch(examples: list[dict[str, Any]], kl_features: list[dict[str, list[int]]], pad_id: int) -> PairBatch:
@@ -217,5 +219,5 @@ def preference_eval_batches(data: PreferenceSet, settings: TrainSettings, dist, 
     size = settings.micro_batch_size
     chunks = [data.examples[i:i + size] for i in range(0, len(data.examples), size)][rank::world]
     if data.kind == "pairs":
-        return [make_pair_batch(c, pad_id) for c in chunks]
+        return [make_pair_batch(c, pad_id, split="validation") for c in chunks]
     return [make_kto_batch(c, kl_features(c, tokenizer, settings.max_seq_len), pad_id) for c in chunks]

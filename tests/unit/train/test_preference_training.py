@@ -213,3 +213,15 @@ def test_two_process_ddp_dpo_matches_single_process(pref_config):
     _assert_same(_weights(single.output_dir), _weights(cfg.output_dir), atol=1e-5)
     ours = [r["loss"] for r in _metrics(cfg.output_dir) if "loss" in r]
     assert ours == pytest.approx([r["loss"] for r in _metrics(single.output_dir) if "loss" in r], abs=1e-5)
+
+
+def test_dpo_with_qlora_trains_on_cpu(pref_config, tmp_path):
+    """QLoRA: the reference is the 4-bit base with the adapter disabled; the first step is log 2."""
+    pytest.importorskip("bitsandbytes")
+    from tests.unit.train.conftest import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny64", hidden=64)
+    result = sft.run(pref_config(f"model={model_dir}", "method=qlora", "lora.dropout=0"))
+    records = _metrics(result.output_dir)
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert any(v.abs().max() > 0 for k, v in _weights(result.output_dir).items() if "lora_B" in k)
