@@ -193,6 +193,14 @@ def test_data_of_the_wrong_kind_and_unsupported_settings_are_refused(pref_config
         sft.run(pref_config("objective=kto", "method=full", data=kto_dir))
     with pytest.raises(TrainingError, match="loss_type applies to objective: dpo"):
         sft.run(pref_config("objective=simpo", "preference.loss_type=ipo"))
+    # sharded strategies are refused before the first step (they need a multi-process launch to reach)
+    from types import SimpleNamespace
+
+    from tunesmith.train.objectives import for_config
+
+    for strategy in ("fsdp", "deepspeed_zero3"):
+        with pytest.raises(TrainingError, match=f"does not run under train.distributed: {strategy}"):
+            for_config(pref_config()).before_training(SimpleNamespace(sharding=SimpleNamespace(name=strategy)))
 
 
 def test_two_process_ddp_dpo_matches_single_process(pref_config):
