@@ -90,13 +90,13 @@ def run_tunesmith(args) -> dict:
         ])
         sft.run(cfg)
         records = [json.loads(x) for x in (cfg.output_dir / "metrics.jsonl").read_text().splitlines()]
-    previous, tokens, seconds = 0, 0, 0.0
+    previous, seconds = 0, 0.0
     for r in (r for r in records if "tokens_per_s" in r):  # each record times one logging window of the loop
         window = r["trained_tokens"] - previous
         previous = r["trained_tokens"]
-        tokens += window
         seconds += window / r["tokens_per_s"]
-    return {"trained_tokens": tokens, "seconds": seconds}
+    # The same count as TRL's (one tokenisation for both), so the ratio is the ratio of loop times.
+    return {"trained_tokens": _completion_tokens(args.model, pairs, args.max_seq_len), "seconds": seconds}
 
 
 def child(args) -> None:
