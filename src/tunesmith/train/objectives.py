@@ -149,14 +149,18 @@ class PairObjective(_PreferenceBase):
         from tunesmith.train.pairs import make_pair_batch
 
         tables = {}
+        # Only the training pairs the run's steps will use (the plan is fixed in advance), so a
+        # short run does not pay for a pass over the whole data set; unused rows stay 0.
+        used = {e["index"] for step in range(r.plan.total_steps) for e in r.plan.step_examples(step)}
         for split, data in (("train", r.plan.data), ("validation", r.val_set)):
             if data is None:
                 continue
             table = torch.zeros(len(r.data.train_rows if split == "train" else r.data.val_rows), 2,
                                 dtype=torch.float64)
+            examples = [e for e in data.examples if split != "train" or e["index"] in used]
             size = self.settings.micro_batch_size
-            for i in range(0, len(data.examples), size):
-                chunk = data.examples[i:i + size]
+            for i in range(0, len(examples), size):
+                chunk = examples[i:i + size]
                 batch = make_pair_batch(chunk, r.plan.pad_id)
                 logps = self._policy_logps_eval(batch.model_inputs(r.dist.device)).double().cpu()
                 n = len(chunk)

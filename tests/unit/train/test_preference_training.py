@@ -32,7 +32,7 @@ _count = iter(range(10**6))
 @pytest.fixture
 def pref_config(tiny_model, pairs_dir, tmp_path):
     def make(*overrides: str, data: Path | None = None) -> TrainConfig:
-        base = [f"model={tiny_model}", f"data={data or pairs_dir}", f"output_dir={tmp_path / f'run{next(_count)}'}",
+        base = [f"model={tiny_model}", f"data={data or pairs_dir}", f"output_dir={tmp_path / f'pref{next(_count)}'}",
                 "train.max_steps=2", "train.micro_batch_size=4", "train.max_seq_len=320", "train.learning_rate=1e-2",
                 "train.log_every=1", "lora.r=4", "objective=dpo"]
         return load_config(TrainConfig, None, [*base, *overrides])
