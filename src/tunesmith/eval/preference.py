@@ -92,4 +92,5 @@ def evaluate(models, path: Path, batch_size: int, compare_base: bool, limit: int
         return {"tuned": summarise(tuned)}
     with models.base() as base_model:
         base = pair_logps(base_model, models.tokenizer, examples, batch_size)
-    return {"tuned": summarise(tuned, base), "base": summarise(base)}
+    # The base's implicit reward against itself is 0 for every pair (accuracy 0, margin 0).
+    return {"tuned": summarise(tuned, base), "base": summarise(base, base)}
