@@ -22,7 +22,7 @@ from jobs_helpers import (BASE_ALIAS, ServerProcess, dpo_line, events, jobs_sett
 from safetensors.torch import load_file
 from serve_helpers import LiveServer
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.registry.store import Registry
 from tuned_helpers import one_thread
 
@@ -281,8 +281,6 @@ def test_queued_jobs_per_project_are_capped(acme, root):
     assert refused.value.body["code"] == "rate_limit_exceeded"
 
 
-@pytest.mark.skip(reason="DPO jobs need `objective: dpo` in the train config (issue-preference, #14); the job "
-                         "is refused with unsupported_method until then")
 def test_dpo_job_succeeds(client, root):
     lines = [dpo_line(f"Ticket {i}: refund please", '{"category": "billing"}', "no idea") for i in range(10)]
     train = client.files.create(file=write_lines(root / "dpo.jsonl", lines).open("rb"), purpose="fine-tune")
@@ -293,17 +291,6 @@ def test_dpo_job_succeeds(client, root):
     assert job.method.dpo.hyperparameters.beta == 0.2
     assert _ask(client, job.fine_tuned_model).model == job.fine_tuned_model
 
-
-def test_dpo_job_is_refused_until_train_has_the_dpo_objective(client, root):
-    from tunesmith.jobs.spec import dpo_supported
-
-    if dpo_supported():
-        pytest.skip("this tunesmith has the DPO objective; test_dpo_job_succeeds covers it")
-    lines = [dpo_line(f"Ticket {i}", "good", "bad") for i in range(10)]
-    train = client.files.create(file=write_lines(root / "dpo2.jsonl", lines).open("rb"), purpose="fine-tune")
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.fine_tuning.jobs.create(training_file=train.id, model=BASE_ALIAS, method={"type": "dpo"})
-    assert refused.value.body["code"] == "unsupported_method" and refused.value.body["param"] == "method.type"
 
 
 def _adapter(store, job_id):

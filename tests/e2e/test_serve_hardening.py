@@ -12,7 +12,7 @@ import httpx
 import pytest
 from serve_helpers import QUESTIONS, LiveServer, build_adapter
 
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tuned_helpers import one_thread
 
 KEY = "hardening-key-7f1"

@@ -21,7 +21,7 @@ import uvicorn
 from serve_helpers import QUESTIONS, wait_for
 
 from tunesmith.cli import main
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.serve import routes
 from tunesmith.serve.app import build_app
 from tunesmith.serve.server import DrainingServer, uvicorn_config

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tuned_helpers as helpers
 
-from tunesmith.config import EvalConfig  # noqa: E402
+from tunesmith.eval.config import EvalConfig  # noqa: E402
 from tunesmith.eval import run as eval_run  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import tuned_helpers as helpers
 
-from tunesmith.config import MergeConfig  # noqa: E402
+from tunesmith.export.config import MergeConfig  # noqa: E402
 from tunesmith.errors import ExportError  # noqa: E402
 from tunesmith.export import merge  # noqa: E402
 from tunesmith.models.source import load_source, resolve_source  # noqa: E402

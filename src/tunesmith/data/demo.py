@@ -347,7 +347,8 @@ class DemoResult:
 
 
 def run(cfg: DemoDataConfig) -> DemoResult:
-    """Write train.jsonl, test.jsonl and dirty.jsonl under cfg.out; return rows per file."""
+    """Write train.jsonl, test.jsonl, preference_train.jsonl, preference_test.jsonl and dirty.jsonl under
+    cfg.out; return rows per file."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = generate(cfg)
@@ -356,6 +357,14 @@ def run(cfg: DemoDataConfig) -> DemoResult:
         with open(out / name, "w", encoding="utf-8", newline="\n") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written[str(out / name)] = len(rows)
+    # Preference pairs for DPO after SFT: correct JSON vs a realistic failure (data/preference_demo.py).
+    from tunesmith.data.preference_demo import preference_pairs
+
+    for name, rows in (("preference_train.jsonl", train), ("preference_test.jsonl", test)):
+        with open(out / name, "w", encoding="utf-8", newline="\n") as fh:
+            for pair in preference_pairs(rows, cfg.seed):
+                fh.write(json.dumps(pair, ensure_ascii=False) + "\n")
         written[str(out / name)] = len(rows)
     dirty = dirty_rows(random.Random(f"{cfg.seed}-dirty"), cfg)
     with open(out / "dirty.jsonl", "wb") as fh:

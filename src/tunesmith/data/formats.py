@@ -32,7 +32,7 @@ def signature(obj: Any) -> Format | None:
     """The format a single row looks like, from its keys."""
     if not isinstance(obj, dict):
         return None
-    if "chosen" in obj and "rejected" in obj:
+    if ("chosen" in obj and "rejected" in obj) or ("preferred_output" in obj and "non_preferred_output" in obj):
         return "preference"
     if "label" in obj and ("messages" in obj or ("prompt" in obj and "completion" in obj)):
         return "kto"
@@ -242,7 +242,27 @@ def _text(obj: dict[str, Any], ignored: list[str]) -> dict[str, Any]:
     return {"text": _string(obj, "text", required=True, fmt="text")}
 
 
+def _openai_preference(obj: dict[str, Any], ignored: list[str]) -> dict[str, Any]:
+    """OpenAI's DPO fine-tuning rows: `input.messages` (and `input.tools`), `preferred_output`,
+    `non_preferred_output` (each a list with the assistant message)."""
+    source = obj.get("input")
+    if not isinstance(source, dict) or source.get("messages") is None:
+        raise Reject("missing_messages", "OpenAI preference row has no `input.messages`", "input")
+    for key in ("preferred_output", "non_preferred_output"):
+        if obj.get(key) is None:
+            raise Reject("missing_messages", f"OpenAI preference row has no `{key}`", key)
+    row = {"prompt": _messages(source["messages"], "input.messages", OPENAI_ROLES, ignored),
+           "chosen": _turns(obj["preferred_output"], "preferred_output", "assistant", ignored),
+           "rejected": _turns(obj["non_preferred_output"], "non_preferred_output", "assistant", ignored)}
+    tools = _tools(source)
+    if tools:
+        row["tools"] = tools
+    return row
+
+
 def _preference(obj: dict[str, Any], ignored: list[str]) -> dict[str, Any]:
+    if "preferred_output" in obj:
+        return _openai_preference(obj, ignored)
     for key in ("chosen", "rejected"):
         if obj.get(key) is None:
             raise Reject("missing_messages", f"preference row has no `{key}`", key)
@@ -281,7 +301,8 @@ USED_KEYS: dict[str, frozenset[str]] = {
     "sharegpt": frozenset({"conversations", "system", "tools"}),
     "prompt_completion": frozenset({"prompt", "completion", "system"}),
     "text": frozenset({"text"}),
-    "preference": frozenset({"prompt", "chosen", "rejected", "conversations", "system"}),
+    "preference": frozenset({"prompt", "chosen", "rejected", "conversations", "system",
+                             "input", "preferred_output", "non_preferred_output"}),
     "kto": frozenset({"messages", "prompt", "completion", "system", "label"}),
 }
 

@@ -76,6 +76,9 @@ class EvalConfig(StrictModel):
     lm_eval_tasks: Annotated[list[str], Flag("--lm-eval")] = Field(
         default_factory=list, description="lm-evaluation-harness tasks, comma-separated (needs lm-eval)")
     lm_eval_limit: Optional[int] = Field(None, ge=1)
+    preference: Annotated[Optional[Path], Flag("--preference")] = Field(
+        None, description="held-out preference pairs: accuracy and margin of log p(chosen) - log p(rejected), "
+                          "base vs tuned")
 
     @model_validator(mode="before")
     @classmethod

@@ -137,6 +137,13 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
     if cfg.compare_base:
         with models.base() as base_model:
             base = _evaluate(base_model, tokenizer, examples, cfg, task, "base")
+    if getattr(cfg, "preference", None):  # held-out preference pairs: accuracy and margin, next to the rest
+        from tunesmith.eval.preference import evaluate as evaluate_preference
+
+        figures = evaluate_preference(models, cfg.preference, cfg.generation.batch_size, cfg.compare_base, say=say)
+        tuned["metrics"].update(figures["tuned"])
+        if base is not None:
+            base["metrics"].update(figures["base"])
 
     rows = compare.side_by_side(base["metrics"] if base else {}, tuned["metrics"])
     result: dict[str, Any] = {

@@ -204,8 +204,6 @@ async def create_job(request: Request) -> dict[str, Any]:
     if validation is not None:
         validation = _own_file(service, project, validation, "validation_file")
     method = spec.parse_method(body)
-    if method["type"] == "dpo" and not spec.dpo_supported():
-        raise spec.unsupported_dpo()
     suffix, metadata, seed = _check_options(body)
     job_id = new_id("ftjob")
     job = {"id": job_id, "project": project, "organization_id": service.organization(project),

@@ -126,19 +126,8 @@ def train_config(*, base_path: str, learning_rate: float, resolved: dict[str, An
         "output_dir": output_dir,
     }
     if resolved["type"] == "dpo":
-        # Needs the preference objective of `tunesmith train` (`objective: dpo` with its beta).
+        # OpenAI's DPO is the sigmoid loss against the base with the adapter disabled.
         config["objective"] = "dpo"
-        config["train"]["beta"] = hyper["beta"]
+        config["preference"] = {"beta": hyper["beta"], "loss_type": "sigmoid"}
     return config
 
-
-def dpo_supported() -> bool:
-    """Whether this tunesmith's train stage has the DPO objective."""
-    from tunesmith.config import TrainConfig
-
-    return "objective" in TrainConfig.model_fields
-
-
-def unsupported_dpo() -> APIError:
-    return bad_request("DPO jobs need the preference objective of `tunesmith train` (`objective: dpo`), which this "
-                       "installation does not have yet.", param="method.type", code="unsupported_method")

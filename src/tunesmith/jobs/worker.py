@@ -305,7 +305,7 @@ class Supervisor:
 
 
 def artifacts_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints of a training run, oldest first. The rule is train.common's
+    """Complete checkpoints of a training run, oldest first. The rule is train.checkpoint's
     (`step-NNNNNNN` with its completion marker), read here without importing the train stage."""
     root = out / "checkpoints"
     if not root.is_dir():

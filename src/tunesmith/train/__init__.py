@@ -1,4 +1,5 @@
-"""Training recipes. `sft` is supervised fine-tuning; `common` holds what recipes share."""
+"""Training: `run` is one run (setup -> loop -> save) for every objective; `sft` and `objectives`
+say what each objective trains on; the other modules are the parts a run is built from."""
 
 import logging
 import warnings

@@ -43,10 +43,6 @@ class TokenizedSet:
                          f"({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items()))}); see skipped_examples.jsonl")
         return notes
 
-    @property
-    def trained_tokens(self) -> int:
-        return sum(sum(1 for t in ex["labels"][1:] if t != IGNORE_INDEX) for ex in self.examples)
-
 
 def tokenize_rows(rows: list[dict[str, Any]], tokenizer, settings: TrainSettings, name: str) -> TokenizedSet:
     """Tokenise conversations (loss on assistant turns) and plain-text rows (loss on every token)."""
@@ -75,7 +71,7 @@ def tokenize_rows(rows: list[dict[str, Any]], tokenizer, settings: TrainSettings
             raise TrainingError(
                 f"{name} data holds {kind}; supervised fine-tuning needs conversations (`messages`) or `text`",
                 where=str((row.get("meta") or {}).get("source", name)),
-                hint="point data.path at SFT data",
+                hint="point data.path at SFT data, or set objective: dpo, orpo or simpo (pairs) or kto (labelled rows)",
             )
     if not result.examples:
         raise TrainingError(f"no {name} example is left to train on",

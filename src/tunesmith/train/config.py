@@ -31,6 +31,8 @@ class TrainDataSettings(StrictModel):
 
     path: list[Path] = Field(default_factory=lambda: [Path("examples/data/tickets/train.jsonl")])
     val_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="validation share when raw files are prepared")
+    mix_ratio: Optional[float] = Field(None, gt=0.0, lt=1.0, description="objective pretrain: share of trained "
+                                       "tokens from the conversations in the data (the rest: the text corpus)")
 
     @model_validator(mode="before")
     @classmethod
@@ -77,12 +79,28 @@ class TrainSettings(StrictModel):
     zero3_offload_params: bool = Field(False, description="deepspeed_zero3: parameters in CPU memory")
 
 
+class PreferenceSettings(StrictModel):
+    """dpo / orpo / simpo / kto: the losses' coefficients (docs/train.md has the formulas)."""
+
+    beta: Optional[float] = Field(None, description="reward scale; default per objective: dpo 0.1, orpo 0.1, "
+                                  "simpo 2.0, kto 0.1 (the papers' and TRL's defaults)")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="dpo: the loss on the reward margin")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin (TRL's simpo_gamma)")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the examples labelled true")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the examples labelled false")
+
+
 class TrainConfig(StrictModel):
-    """`tunesmith train`: supervised fine-tuning with LoRA, QLoRA or full fine-tuning."""
+    """`tunesmith train`: supervised fine-tuning or preference tuning with LoRA, QLoRA or full fine-tuning."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: TrainDataSettings = Field(default_factory=TrainDataSettings)
     method: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "pretrain"] = Field(
+        "sft", description="what the run optimises: sft on conversations, or a preference loss on pairs / KTO rows")
+    init_from: Optional[Path] = Field(None, description="a LoRA training run to continue from (its adapter starts "
+                                      "the run and, frozen, is the dpo/kto reference)")
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     output_dir: Path = Path("runs/sft")

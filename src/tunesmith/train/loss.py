@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.chat.masking import IGNORE_INDEX
-from tunesmith.train.distributed import unwrap
+from tunesmith.train.sharding import unwrap
 
 
 def trained_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ def _tokenizer_for(root: str, adapter: bool):
             return None
         tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
         return tokenizer if getattr(tokenizer, "chat_template", None) else None
-    from tunesmith.config import ModelConfig
+    from tunesmith.models.config import ModelConfig
     from tunesmith.models.loading import load_tokenizer
 
     return load_tokenizer(ModelConfig(path=root))

@@ -31,7 +31,7 @@ def serve(workspace):
     """`tunesmith serve` with the trained adapter as `sft`, an API key, and /ui on the workspace."""
     from serve_helpers import LiveServer
 
-    from tunesmith.config import ServeConfig
+    from tunesmith.serve.config import ServeConfig
     from tunesmith.ui.config import WORKSPACE_ENV
 
     before = os.environ.get(WORKSPACE_ENV)

@@ -181,7 +181,7 @@ def _choose(browser, outputs_by_prompt, prefer):
 def test_blind_review_session_win_rate_and_preference_export(browser, standalone_ui, workspace, tmp_path, shoot):
     from selenium.webdriver.support.ui import Select
 
-    from tunesmith.config import DataPrepareConfig
+    from tunesmith.data.config import DataPrepareConfig
     from tunesmith.data import prepare
 
     open_ui(browser, standalone_ui.url, "#/review")

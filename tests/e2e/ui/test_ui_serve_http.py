@@ -10,7 +10,7 @@ from ui_helpers import ThreadedApp
 from serve_helpers import LiveServer, build_adapter, metric
 
 from tunesmith.chat.templates import render_prompt_text
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.ui.app import build_ui_app
 from tunesmith.ui.config import WORKSPACE_ENV, UiConfig
 

@@ -19,7 +19,9 @@ TRAIN_STEPS = 8
 
 @functools.lru_cache(maxsize=1)
 def built_workspace() -> Path:
-    from tunesmith.config import DataPrepareConfig, EvalConfig, GenerationSettings, TrainConfig
+    from tunesmith.data.config import DataPrepareConfig
+    from tunesmith.eval.config import EvalConfig, GenerationSettings
+    from tunesmith.train.config import TrainConfig
     from tunesmith.data import prepare
     from tunesmith.eval import run as eval_run
     from tunesmith.train import sft

@@ -11,7 +11,7 @@ import os
 import pytest
 from data_helpers import chat
 
-from tunesmith.config import DataPrepareConfig
+from tunesmith.data.config import DataPrepareConfig
 from tunesmith.data import bounded, prepare, readers
 from tunesmith.data.readers import iter_records
 from tunesmith.errors import DataError

@@ -14,7 +14,7 @@ from typing import Iterator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunesmith.config import DataChecksConfig
+from tunesmith.data.config import DataChecksConfig
 from tunesmith.data.pipeline import Checks
 from tunesmith.data.readers import iter_records
 from tunesmith.data.rules import RULES

@@ -9,7 +9,7 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunesmith.config import ModelConfig
+from tunesmith.models.config import ModelConfig
 from tunesmith.jobs import artifacts
 from tunesmith.models.loading import load_model
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.config import TrainConfig
+from tunesmith.config import load_config
 from tunesmith.jobs import spec
 from tunesmith.serve.protocol import APIError
+from tunesmith.train.config import TrainConfig
 
 
 def test_legacy_hyperparameters_become_a_supervised_method_with_auto_elsewhere():
@@ -73,4 +74,6 @@ def test_supervised_job_is_a_valid_train_config():
 def test_dpo_job_maps_to_the_dpo_objective_with_its_beta():
     method = spec.parse_method({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25}}}})
     cfg = _config(method)
-    assert cfg["objective"] == "dpo" and cfg["train"]["beta"] == 0.25
+    assert cfg["objective"] == "dpo" and cfg["preference"] == {"beta": 0.25, "loss_type": "sigmoid"}
+    resolved = load_config(TrainConfig, values=cfg)  # a config `tunesmith train` accepts as it is
+    assert resolved.objective == "dpo" and resolved.preference.beta == 0.25

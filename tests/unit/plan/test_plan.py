@@ -60,7 +60,7 @@ def test_saved_activations_match_autograd_on_the_embedded_model(overrides):
     from tunesmith.chat.tokens import prepare_chat_model
     from tunesmith.models.loading import load_model, load_tokenizer
     from tunesmith.plan.memory import activation_bytes
-    from tunesmith.train.common import apply_method
+    from tunesmith.train.adapters import apply_method
     from tunesmith.train.loss import causal_lm_loss
 
     cfg = load_config(TrainConfig, None, ["train.micro_batch_size=2", "train.max_seq_len=256", *overrides])

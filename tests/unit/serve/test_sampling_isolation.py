@@ -11,7 +11,7 @@ import pytest
 from serve_helpers import QUESTIONS
 
 from tunesmith.chat.templates import render_prompt
-from tunesmith.config import ServeConfig
+from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import SamplingParams
 from tunesmith.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                       parse_json_object, parse_request)

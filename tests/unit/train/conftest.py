@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from tunesmith.config import TrainConfig, load_config
+from tunesmith.config import load_config
+from tunesmith.train.config import TrainConfig
+from tunesmith.data.preference_demo import preference_pairs
 from tunesmith.models import default_model_path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -53,3 +56,27 @@ def make_config(tiny_model, prepared, tmp_path):
                 "train.log_every=1", "lora.r=4"]
         return load_config(TrainConfig, None, [*base, *overrides])
     return make
+
+
+def _ticket_rows(n: int) -> list[dict]:
+    return [json.loads(line) for line in (REPO / "examples/data/tickets/train.jsonl").read_text().splitlines()[:n]]
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pairs")
+    pairs = preference_pairs(_ticket_rows(44), seed=0)
+    (directory / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[:36]))
+    (directory / "val.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[36:]))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def kto_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("kto")
+    rows = []
+    for i, p in enumerate(preference_pairs(_ticket_rows(40), seed=0)):
+        good = i % 3 != 0
+        rows.append({"messages": p["prompt"] + (p["chosen"] if good else p["rejected"]), "label": good})
+    (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory

@@ -7,7 +7,7 @@ import torch
 
 from tunesmith.errors import TrainingError
 from tunesmith.train import distributed
-from tunesmith.train.common import Dist
+from tunesmith.train.environment import Dist
 
 
 def test_auto_follows_accelerate_else_ddp(make_config):

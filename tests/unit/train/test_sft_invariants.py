@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from tunesmith.errors import TrainingError
 from tunesmith.train import distributed, sft
 from tunesmith.train.batching import BatchPlan, tokenize_rows
-from tunesmith.train.common import Dist, latest_checkpoint, load_checkpoint, lr_at
+from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint
+from tunesmith.train.environment import Dist
+from tunesmith.train.optim import lr_at
 from tunesmith.train.data import read_jsonl
 
 
