@@ -266,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     shape = shape_from_config(shapes[key], key)
     example = REPO / "examples" / "configs" / "llama-3.1-8b-qlora-24gb.yaml"
     model_dir = args.out / "models" / key
-    qlora_sets = [f"model.path={model_dir}", f"data.path={text}", "train.max_steps=4", "train.log_every=1",
-                  "train.eval_every=1000", "train.save_every=1000", "data.val_ratio=0", f"train.max_seq_len={seq}"]
+    # The example config names its data in the shorthand form (`data: DIR`), so the data section is
+    # replaced whole rather than key by key.
+    qlora_sets = [f"model.path={model_dir}", f"data={{path: [{text}], val_ratio: 0}}", "train.max_steps=4",
+                  "train.log_every=1", "train.eval_every=1000", "train.save_every=1000", f"train.max_seq_len={seq}"]
     try:
         import bitsandbytes  # noqa: F401
         have_bnb = gpu

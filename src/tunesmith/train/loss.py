@@ -12,6 +12,7 @@ cross-entropies the model's own loss computes, divided by the same token count.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -63,10 +64,12 @@ def _causal_lm(model):
 
 
 def _takes_boolean_logits_to_keep(model) -> bool:
-    """transformers' own causal LMs slice hidden states with a boolean mask; remote code copied
-    from older releases indexes `hidden_states[:, logits_to_keep, :]`, which a mask breaks."""
+    """Whether the model's forward slices hidden states with transformers' `slice_logits_to_keep`,
+    which takes a boolean mask. Earlier transformers releases (5.17 among them), and remote code
+    copied from them, index `hidden_states[:, logits_to_keep, :]`, which a mask breaks."""
     owner = next((c for c in type(_causal_lm(model)).__mro__ if "forward" in c.__dict__), object)
-    return owner.__module__.startswith("transformers.models.")
+    module = sys.modules.get(owner.__module__)
+    return owner.__module__.startswith("transformers.models.") and hasattr(module, "slice_logits_to_keep")
 
 
 def _aux_loss_coefficient(model) -> float | None:

@@ -78,6 +78,30 @@ def test_models_that_return_every_position_still_get_the_right_loss(tiny_model):
     assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_transformers_releases_without_the_mask_slicer_get_full_logits(tiny_model, monkeypatch):
+    """transformers 5.17's own models index `hidden_states[:, logits_to_keep, :]` (their module
+    has no `slice_logits_to_keep`): they must not be given the boolean mask."""
+    import sys
+    import types
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    batch = PaddedCollator(pad_token_id=0)(_examples(model.config.vocab_size))
+    n = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    older = types.ModuleType("transformers.models.llama.modeling_llama_5_17")  # no slice_logits_to_keep
+    monkeypatch.setitem(sys.modules, older.__name__, older)
+
+    def forward(self, *args, logits_to_keep=0, **kwargs):
+        if not isinstance(logits_to_keep, int):
+            raise IndexError("too many indices for tensor of dimension 3")
+        return super(type(self), self).forward(*args, **kwargs)
+
+    model.__class__ = type("OlderLlamaForCausalLM", (type(model),), {"forward": forward, "__module__": older.__name__})
+    with torch.no_grad():
+        ours = causal_lm_loss(model, batch, n)
+        reference = model(**batch, num_items_in_batch=n).loss
+    assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_trained_positions_are_the_ones_before_each_labelled_token():
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, IGNORE_INDEX], [IGNORE_INDEX, 7, IGNORE_INDEX, 8, 9]])
     assert trained_positions(labels).tolist() == [[False, True, True, False, False], [True, False, True, True, False]]
