@@ -10,7 +10,6 @@ that names the field, the file and line it came from, and â€” for unknown keys â
 from __future__ import annotations
 
 import difflib
-import importlib
 import types
 import typing
 from pathlib import Path
@@ -263,23 +262,3 @@ def config_to_yaml(cfg: BaseModel) -> str:
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     Path(path).write_text(config_to_yaml(cfg), encoding="utf-8")
-
-
-# Where each config class lives now that every stage owns its own; the old
-# `from tunesmith.config import TrainConfig` keeps working through this table.
-_MOVED = {
-    "ModelConfig": "tunesmith.models.config",
-    **dict.fromkeys(("DemoDataConfig", "DataFormat", "DedupSettings", "SplitSettings", "DataChecksConfig",
-                     "DataPrepareConfig", "DataInspectConfig"), "tunesmith.data.config"),
-    **dict.fromkeys(("LoraSettings", "TrainDataSettings", "TrainSettings", "TrainConfig"), "tunesmith.train.config"),
-    **dict.fromkeys(("GenerationSettings", "JudgeSettings", "EvalConfig"), "tunesmith.eval.config"),
-    **dict.fromkeys(("MergeConfig", "ExportConfig", "ParityConfig"), "tunesmith.export.config"),
-    **dict.fromkeys(("ServeConfig", "ADAPTER_NAME_PATTERN"), "tunesmith.serve.config"),
-    "QuickstartConfig": "tunesmith.quickstart_config",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

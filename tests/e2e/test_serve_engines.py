@@ -193,7 +193,7 @@ def test_llama_server_gets_converted_adapters_applied_per_request(llama_server, 
     assert sent["lora"] == [{"id": 0, "scale": 1.0}] and sent["top_k"] == 0 and sent["min_p"] == 0.0
     assert sent["seed"] == 3  # llama-server's seed is a 32-bit int
     assert _chat(http, BASE).json()["choices"][0]["message"]["content"] == "<base:0><base:1><base:2>"
-    assert _log(standin[1], "completion")[-1]["lora"] == []
+    assert _log(standin[1], "completion")[-1]["lora"] == [{"id": 0, "scale": 0.0}]  # every adapter off
 
 
 def test_llama_server_refuses_runtime_loads_with_409_and_keeps_serving(llama_server, http_for):

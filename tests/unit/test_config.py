@@ -144,13 +144,3 @@ def test_printed_config_hides_secrets_and_can_be_reused(tmp_path):
     path.write_text(text)
     assert load_config(ServeConfig, path, []).api_key is None
     assert "# api_key" not in config_to_yaml(load_config(ServeConfig, None, []))
-
-
-def test_configs_still_import_from_their_old_place():
-    import tunesmith.config as old
-    from tunesmith.serve.config import ServeConfig
-    from tunesmith.train.config import TrainConfig
-
-    assert old.TrainConfig is TrainConfig and old.ServeConfig is ServeConfig
-    with pytest.raises(AttributeError):
-        old.NoSuchConfig

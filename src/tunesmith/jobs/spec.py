@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from tunesmith.serve.protocol import APIError, bad_request
+from tunesmith.serve.protocol import bad_request
 
 LIMITS: dict[str, tuple[type, float, float]] = {
     "n_epochs": (int, 1, 50),

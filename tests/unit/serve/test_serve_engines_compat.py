@@ -85,7 +85,7 @@ def test_llama_server_command_loads_adapters_unapplied():
                                 lora_files=["/l0.gguf", "/l1.gguf"], parallel=8, context_length=2048, threads=2)
     assert argv == ["llama-server", "-m", "/m.gguf", "--host", "127.0.0.1", "--port", "9", "--parallel", "8",
                     "--ctx-size", "16384", "--no-webui", "--threads", "2", "--lora", "/l0.gguf",
-                    "--lora", "/l1.gguf", "--lora-init-without-apply"]
+                    "--lora", "/l1.gguf", "--lora-init-without-apply", "--cache-ram", "0"]
     assert "--lora-init-without-apply" not in llama_server_command(
         executable="s", gguf="/m", host="h", port=1, lora_files=[], parallel=1, context_length=8)
 

@@ -3,7 +3,7 @@
 Every adapter served at startup is converted to a GGUF LoRA file and given with `--lora`, with
 `--lora-init-without-apply` so that none applies unless a request asks; a request names its
 adapter through llama-server's per-request `lora` list (`[{"id": i, "scale": 1.0}]`, the ids in
-`--lora` order; adapters left out get scale 0, and the base gets an empty list).
+`--lora` order; adapters left out get scale 0, and the base lists every adapter at scale 0).
 
 Adapters added while serving are refused with 409: llama-server reads its LoRA files only at
 start, and restarting it would cut every stream in flight. Restart tunesmith with the new
@@ -35,7 +35,9 @@ def llama_server_command(*, executable: str, gguf: str, host: str, port: int, lo
     for path in lora_files:
         argv += ["--lora", path]
     if lora_files:
-        argv.append("--lora-init-without-apply")
+        # No host-memory prompt cache: it restores a prompt's state by its tokens alone, so a state
+        # computed under one adapter would be reused for a request naming another.
+        argv += ["--lora-init-without-apply", "--cache-ram", "0"]
     argv.extend(extra_args)
     return argv
 
@@ -100,7 +102,9 @@ class LlamaCppEngine(RemoteEngine):
 
     def request_fields(self, target: Target) -> dict[str, Any]:
         if target.adapter is None:
-            return {"lora": []}
+            # Every adapter at scale 0: llama-server reads an empty list as "the start-up scales",
+            # which are 1.0 for each --lora even with --lora-init-without-apply.
+            return {"lora": [{"id": i, "scale": 0.0} for i in sorted(self._lora_ids.values())]}
         return {"lora": [{"id": self._lora_ids[target.adapter], "scale": 1.0}]}
 
     def sampling_fields(self, params) -> dict[str, Any]:
