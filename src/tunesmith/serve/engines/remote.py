@@ -14,6 +14,7 @@ or an engine process that has exited, is 503 at once (never a hang); silence lon
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import json
@@ -115,15 +116,16 @@ class RemoteEngine(GenerationEngine):
 
     # ------------------------------------------------------------------ what subclasses say
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The engine's command line."""
 
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    @abc.abstractmethod
     def request_fields(self, target: Target) -> dict[str, Any]:
         """The body fields that pick the base or the adapter."""
-        raise NotImplementedError
 
     def sampling_fields(self, params: SamplingParams) -> dict[str, Any]:
         """Fields that switch off the engine's own sampling defaults, so that temperature and
