@@ -39,11 +39,11 @@ NEEDS_REFERENCE = ("dpo", "kto")
 # torch, transformers, peft, tokenizer, data), and what glibc's allocator keeps on top of the saved
 # activations. Every LoRA layer adds short-lived tensors the size of its output (the adapter's
 # product, its scaling, the sum; with dropout a mask draw and a dropped-out copy) in the forward
-# and backward passes; that churn leaves about as much again resident after the first steps
-# (measured 1.8-2.5x the saved tensors), while full fine-tuning keeps about a tenth more.
-# Calibrated on real runs, see tests/integration/test_plan_calibration.py.
+# and backward passes; that churn leaves about 0.7 times as much again resident after the first
+# steps, while full fine-tuning keeps about a tenth more. Calibrated on each run's own VmHWM, see
+# tests/integration/test_plan_calibration.py.
 CPU_FRAMEWORK_BYTES = int(0.52 * GIB)
-CPU_ALLOCATOR_OVERHEAD = {"lora": 1.0, "full": 0.1}
+CPU_ALLOCATOR_OVERHEAD = {"lora": 0.7, "full": 0.1}
 # GPU runs: the caching allocator's fragmentation on top of the activations.
 GPU_ALLOCATOR_OVERHEAD = 0.05
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, an 8-bit absmax per 64 weights and
