@@ -198,12 +198,9 @@ def build_router(ctx: UiContext) -> APIRouter:
         if not isinstance(model, str) or not model:
             raise WorkspaceError("pick a model")
         messages = _messages(body.get("messages"))
-        if ctx.local_tokenizer is not None:
-            tokenizer = ctx.local_tokenizer(model)
-        else:
-            listed = await ctx.upstream.models(request.headers.get("authorization"))
-            tokenizer = up.tokenizer_from_models_list(listed, model)
-        return {"model": model, **up.render(tokenizer, messages)}
+        if ctx.local_tokenizer is None:  # a standalone UI: the server renders with its own tokenizers
+            return {"model": model, **await ctx.upstream.render(request.headers.get("authorization"), model, messages)}
+        return {"model": model, **up.render(ctx.local_tokenizer(model), messages)}
 
     # ------------------------------------------------------------------ reviews
 

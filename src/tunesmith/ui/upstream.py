@@ -9,8 +9,6 @@ through its middleware: auth, limits and metrics apply exactly as for any client
 from __future__ import annotations
 
 import asyncio
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Optional
 
 import httpx
@@ -85,26 +83,23 @@ class Upstream:
             raise UpstreamError(f"the model server answered {status}: {message}", status=status if status in (401, 403) else 502)
         return payload.get("data", [])
 
+    async def render(self, authorization: Optional[str], model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The prompt as the server's chat template renders it, asked of the server's own /ui: it holds
+        the tokenizers, and /v1/models names models without revealing where their files are."""
+        status, payload = await self.request("POST", "/ui/api/render", authorization,
+                                             {"model": model, "messages": messages})
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if status == 404 and not isinstance(error, dict):  # the route itself is missing
+            raise UpstreamError(f"the server at {self.base_url} cannot render prompts (no /ui/api/render)",
+                                status=502, hint="point --server at a `tunesmith serve`, or open its own /ui")
+        if status != 200:
+            message = error.get("message") if isinstance(error, dict) else payload
+            raise UpstreamError(f"the model server answered {status}: {message}",
+                                status=status if status in (400, 401, 403, 404) else 502)
+        return {"text": payload["text"], "tokens": payload["tokens"]}
+
 
 # --------------------------------------------------------------------------- rendered prompts
-
-
-@lru_cache(maxsize=8)
-def _tokenizer_for(root: str, adapter: bool):
-    """A base model's tokenizer, or the one saved with an adapter (None when the adapter has no
-    tokenizer with a chat template of its own, in which case the server uses the base's, as
-    serve/adapters.py decides)."""
-    if adapter:
-        from transformers import AutoTokenizer
-
-        if not (Path(root) / "tokenizer_config.json").is_file():
-            return None
-        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
-        return tokenizer if getattr(tokenizer, "chat_template", None) else None
-    from tunesmith.models.config import ModelConfig
-    from tunesmith.models.loading import load_tokenizer
-
-    return load_tokenizer(ModelConfig(path=root))
 
 
 def render(tokenizer, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,20 +109,3 @@ def render(tokenizer, messages: list[dict[str, Any]]) -> dict[str, Any]:
 
     ids = render_prompt(tokenizer, messages)
     return {"text": render_prompt_text(tokenizer, messages), "tokens": len(ids)}
-
-
-def tokenizer_from_models_list(models: list[dict[str, Any]], name: str):
-    """Standalone UI: the tokenizer of the model the server lists as `name`, loaded from the
-    directory the server reports (the base's weights, or the adapter, which training saves with
-    its tokenizer and chat template). Works when the server runs on this machine."""
-    entry = next((m for m in models if m.get("id") == name), None)
-    if entry is None:
-        raise UpstreamError(f"the model server has no model {name!r}", status=404)
-    root = entry.get("root")
-    if not root or not Path(root).exists():
-        raise UpstreamError(f"the files of {name!r} ({root}) are not on this machine, so the UI cannot render "
-                            "its prompt", status=409, hint="open the UI on the server itself (/ui)")
-    tokenizer = _tokenizer_for(str(root), bool(entry.get("parent")))
-    if tokenizer is None:
-        return tokenizer_from_models_list(models, entry["parent"])
-    return tokenizer

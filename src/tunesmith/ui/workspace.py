@@ -269,8 +269,6 @@ def _recorded_inputs(manifest: dict[str, Any]) -> list[str]:
     for key in ("adapter", "run_dir", "model", "source"):
         if isinstance(manifest.get(key), str):
             found.append(manifest[key])
-    if isinstance(manifest.get("inputs"), list):  # data prepare lists its input files
-        found += [i["path"] for i in manifest["inputs"] if isinstance(i, dict) and isinstance(i.get("path"), str)]
     return found
 
 

@@ -58,7 +58,7 @@ def test_chat_and_rendered_prompt_are_the_servers_own(served):
     assert httpx.post(f"{live.url}/ui/api/chat", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
-def test_standalone_ui_renders_from_the_files_the_server_lists(served):
+def test_standalone_ui_renders_through_the_servers_own_tokenizers(served):
     live, root = served
     with ThreadedApp(build_ui_app(UiConfig(workspace=root, server=f"{live.url}/v1", api_key=KEY))) as ui:
         for model in ("a1", "tunesmith-demo-4m"):

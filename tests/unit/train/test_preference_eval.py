@@ -39,7 +39,7 @@ def test_eval_reports_preference_figures_for_base_and_tuned(tiny_model, pairs_di
     test.write_text("".join(json.dumps({"messages": r["prompt"] + r["chosen"]}) + "\n" for r in rows))
     result = eval_run.run(EvalConfig(model=str(run_dir), data=test, out=tmp_path / "eval", compare_base=True,
                                      preference=pairs_dir / "val.jsonl", perplexity=False,
-                                     generation={"max_new_tokens": 4}), say=lambda _: None)
+                                     generation={"max_new_tokens": 4}), say=lambda _: None).metrics
     for side in ("base", "tuned"):
         assert 0.0 <= result[side]["preference_accuracy"] <= 1.0
     # the tuned model's implicit reward against the base is what DPO optimised: the training

@@ -103,10 +103,10 @@ def test_chat_goes_through_the_server_with_the_callers_key(client):
     assert bad.status_code == 400
 
 
-def test_render_needs_the_model_files_on_this_machine(client):
+def test_render_is_asked_of_a_tunesmith_server_and_says_so_when_it_is_not_one(client):
     response = client.post("/ui/api/render", json={"model": "base", "messages": [{"role": "user", "content": "hi"}]},
                            headers=AUTH)
-    assert response.status_code == 409 and "not on this machine" in response.json()["error"]["message"]
+    assert response.status_code == 502 and "cannot render prompts" in response.json()["error"]["message"]
 
 
 def test_review_round_trip_and_export(client):

@@ -114,6 +114,12 @@ function samplesTable(samples) {
       ...(hasBase ? [el("div", { class: "output" }, s.base_output), s.winner || "–"] : [])]), { class: "samples" });
 }
 
+// A stage record's inputs: named lists ({"examples": [...]}), or a plain list in older manifests.
+function inputs(manifest) {
+  const recorded = manifest.inputs || [];
+  return Array.isArray(recorded) ? recorded : Object.values(recorded).flat();
+}
+
 function dataSections(run) {
   const manifest = run.manifest || {};
   const counts = manifest.counts || {};
@@ -123,7 +129,7 @@ function dataSections(run) {
     el("p", { class: "stats" }, `${fmt(counts.kept)} of ${fmt(counts.read)} examples kept as ${counts.kind || "?"} ` +
       `(train ${fmt(splits.train)}, val ${fmt(splits.val)}, test ${fmt(splits.test)}); ${fmt(counts.truncated)} truncated; ` +
       `${fmt(counts.examples_with_pii)} with personal data redacted`),
-    table(["file", "format", "records", "kept", "rejected"], (manifest.inputs || []).map((i) =>
+    table(["file", "format", "records", "kept", "rejected"], inputs(manifest).map((i) =>
       [i.path, i.format, fmt(i.records), fmt(i.kept), fmt(i.rejected)]), { id: "data-inputs" }),
     el("h3", {}, "Examples left after each step"),
     table(["step", "examples"], (counts.funnel || []).map(([step, n]) => [step, fmt(n)])),
