@@ -86,8 +86,11 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self.server = self.make_server(cfg)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def make_server(self, cfg: ServeConfig) -> uvicorn.Server:
+        return uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()

@@ -17,13 +17,11 @@ import time
 import httpx
 import pytest
 import torch
-import uvicorn
-from serve_helpers import QUESTIONS, wait_for
+from serve_helpers import QUESTIONS, LiveServer, wait_for
 
 from tunesmith.cli import main
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve import routes
-from tunesmith.serve.app import build_app
 from tunesmith.serve.server import DrainingServer, uvicorn_config
 from tunesmith.serve.threads import apply_thread_limits, default_threads
 from tuned_helpers import one_thread
@@ -31,29 +29,14 @@ from tuned_helpers import one_thread
 BASE = "tunesmith-demo-4m"
 
 
-class Running:
+class Running(LiveServer):
     """The real server stack (DrainingServer, tunesmith's uvicorn settings) in a thread."""
 
     def __init__(self, **settings):
-        cfg = ServeConfig(log_level="critical", **settings)
-        self.app = build_app(cfg)
-        self.state = self.app.state.serve
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = DrainingServer(uvicorn_config(self.app, cfg), self.state)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        super().__init__(ServeConfig(log_level="critical", **settings))
 
-    def __enter__(self) -> "Running":
-        self.thread.start()
-        wait_for(lambda: self.server.started, timeout=30, what="the server to start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
+    def make_server(self, cfg: ServeConfig) -> DrainingServer:
+        return DrainingServer(uvicorn_config(self.app, cfg), self.state)
 
     def connect(self) -> socket.socket:
         conn = socket.create_connection(("127.0.0.1", self.port))
