@@ -6,7 +6,7 @@ It "generates" `<NAME:i>` for i < max_tokens, where NAME is what the request sel
 `model`; llama.cpp: the adapter named by the `lora` list, or `base`), and appends every request
 body (plus its own argv and environment) as one JSON line to $STANDIN_LOG for the tests to read.
 `max_tokens: 13` is refused with 400, like an engine refusing a request; `max_tokens: 14` stops
-after two pieces and then stays silent.
+after two pieces and then stays silent; `max_tokens: 15` sends its pieces 0.1 s apart.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ async def completions(request: Request):
             chunk = {"object": "text_completion", "choices": [{"index": 0, "text": f"<{name}:{i}>",
                                                                "finish_reason": None}]}
             yield f"data: {json.dumps(chunk)}\n\n"
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.1 if body["max_tokens"] == 15 else 0)
         if body["max_tokens"] == 14:
             await asyncio.sleep(3600)
         yield "data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}) + "\n\n"

@@ -196,11 +196,37 @@ def test_llama_server_gets_converted_adapters_applied_per_request(llama_server, 
     assert _log(standin[1], "completion")[-1]["lora"] == [{"id": 0, "scale": 0.0}]  # every adapter off
 
 
-def test_llama_server_refuses_runtime_loads_with_409_and_keeps_serving(llama_server, http_for):
-    http = http_for(llama_server[0])
-    refused = http.post("/v1/load_lora_adapter", json={"lora_name": "a2", "lora_path": "a2"})
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "adapter_load_unsupported"
-    assert _chat(http, "a1").status_code == 200
+def test_a_runtime_load_swaps_llama_server_without_failing_requests_in_flight(llama_server, standin, http_for):
+    import threading
+
+    from serve_helpers import wait_for
+
+    server, _ = llama_server
+    engine = server.state.engine
+    http = http_for(server)
+    old_process, starts = engine.process, len(_log(standin[1], "start"))
+    slow: dict = {}
+    in_flight = threading.Thread(target=lambda: slow.update(response=_chat(http_for(server), "a1", max_tokens=15)))
+    in_flight.start()
+    wait_for(lambda: engine.running == 1, timeout=10, what="the slow request")
+
+    loaded = http.post("/v1/load_lora_adapter", json={"lora_name": "a2", "lora_path": "a2"})
+    assert loaded.status_code == 200, loaded.text
+    argv = _log(standin[1], "start")[-1]["argv"]  # a second llama-server holds both adapters
+    assert len(_log(standin[1], "start")) == starts + 1
+    assert [argv[i + 1].rsplit("/", 1)[1] for i, a in enumerate(argv) if a == "--lora"] == ["000-a1.gguf", "001-a2.gguf"]
+    assert old_process.poll() is None  # still finishing the request it was given
+
+    assert _chat(http, "a2").json()["choices"][0]["message"]["content"] == "<a2:0><a2:1><a2:2>"
+    assert _chat(http, "a1").json()["choices"][0]["message"]["content"] == "<a1:0><a1:1><a1:2>"
+    assert _chat(http, BASE).json()["choices"][0]["message"]["content"] == "<base:0><base:1><base:2>"
+    assert _log(standin[1], "completion")[-1]["lora"] == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}]
+
+    in_flight.join(30)
+    assert slow["response"].status_code == 200
+    assert slow["response"].json()["choices"][0]["message"]["content"] == "".join(f"<a1:{i}>" for i in range(15))
+    wait_for(lambda: old_process.poll() is not None, timeout=15, what="the old llama-server to stop")
+    assert engine.process.poll() is None
 
 
 def test_sequences_beyond_max_queue_get_429(root, standin, http_for):

@@ -51,3 +51,47 @@ def test_greedy_answers_equal_tunesmiths_engine(root, f16_gguf):
                                  engine_options=EngineOptions(gguf=f16_gguf, llama_server=BINARY)), [BASE, "a1"])
     assert llama == reference
     assert any(reference[BASE, q] != reference["a1", q] for q in QUESTIONS)  # the adapter is really applied
+
+
+def test_an_adapter_loaded_at_runtime_answers_like_tunesmiths_engine_and_nothing_fails(root, f16_gguf):
+    """A runtime load starts a second llama-server holding the new adapter and switches to it;
+    base requests sent all along never fail and keep their answers."""
+    import threading
+
+    reference = _answers(ServeConfig(adapters={"a1": str(root / "a1")}, log_level="warning"), [BASE, "a1"])
+    cfg = ServeConfig(engine="llama.cpp", log_level="warning", max_batch_size=4, adapter_root=root, api_key="k",
+                      engine_options=EngineOptions(gguf=f16_gguf, llama_server=BINARY))
+    auth = {"Authorization": "Bearer k"}
+    failures, answers, done = [], [], threading.Event()
+
+    def hammer(url: str) -> None:
+        with httpx.Client(base_url=url, headers=auth, timeout=120) as client:
+            while not done.is_set():
+                question = QUESTIONS[len(answers) % len(QUESTIONS)]
+                response = client.post("/v1/chat/completions", json={
+                    "model": BASE, "messages": [{"role": "user", "content": question}],
+                    "temperature": 0, "max_tokens": 16})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    answers.append((question, response.json()["choices"][0]["message"]["content"]))
+
+    with LiveServer(cfg) as server, httpx.Client(base_url=server.url, headers=auth, timeout=120) as http:
+        clients = [threading.Thread(target=hammer, args=(server.url,)) for _ in range(2)]
+        for thread in clients:
+            thread.start()
+        loaded = http.post("/v1/load_lora_adapter", json={"lora_name": "a1", "lora_path": "a1"})
+        assert loaded.status_code == 200, loaded.text
+        tuned = {}
+        for question in QUESTIONS:
+            response = http.post("/v1/chat/completions", json={
+                "model": "a1", "messages": [{"role": "user", "content": question}],
+                "temperature": 0, "max_tokens": 16})
+            assert response.status_code == 200, response.text
+            tuned[question] = response.json()["choices"][0]["message"]["content"]
+        done.set()
+        for thread in clients:
+            thread.join(120)
+    assert failures == []
+    assert answers and all(answer == reference[BASE, question] for question, answer in answers)
+    assert tuned == {question: reference["a1", question] for question in QUESTIONS}

@@ -5,23 +5,30 @@ Every adapter served at startup is converted to a GGUF LoRA file and given with 
 adapter through llama-server's per-request `lora` list (`[{"id": i, "scale": 1.0}]`, the ids in
 `--lora` order; adapters left out get scale 0, and the base lists every adapter at scale 0).
 
-Adapters added while serving are refused with 409: llama-server reads its LoRA files only at
-start, and restarting it would cut every stream in flight. Restart tunesmith with the new
-`--adapter` instead (a rolling restart behind a load balancer keeps the service up).
+An adapter added while serving needs a new llama-server, since llama-server reads its LoRA
+files only at start. tunesmith starts a second one with every adapter's file plus the new one on
+another port, waits for its health check, and then switches new requests to it at once; requests
+already sent finish on the old process, which stops when the last of them ends (or after the
+drain timeout). Nothing fails, but for the seconds of the switch the machine holds the model
+twice. Removing an adapter only forgets its name (its file stays loaded at scale 0).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ServeError
 from tunesmith.serve.adapters import PreparedAdapter, Target
-from tunesmith.serve.engines.remote import LOOPBACK, RemoteEngine, _done
-from tunesmith.serve.protocol import APIError
+from tunesmith.serve.engines.remote import LOOPBACK, RemoteEngine, _done, free_loopback_port, terminate
+
+log = logging.getLogger("tunesmith.serve")
 
 
 def llama_server_command(*, executable: str, gguf: str, host: str, port: int, lora_files: list[str],
@@ -64,8 +71,11 @@ class LlamaCppEngine(RemoteEngine):
         super().__init__(*args, **kwargs)
         self.base_config = base_config
         self.context_length = context_length
-        self._lora_ids: dict[str, int] = {}
+        self._lora_ids: dict[str, int] = {}  # replaced whole (never edited) when the process is
+        self._lora_files: dict[str, str] = {}  # converted once per adapter name
         self._workdir: Path | None = None
+        self._swap_lock = threading.Lock()  # one process swap at a time
+        self._retiring: list[threading.Thread] = []
 
     def gguf_path(self) -> str:
         gguf = self.cfg.engine_options.gguf
@@ -76,26 +86,30 @@ class LlamaCppEngine(RemoteEngine):
             raise ServeError(f"--gguf {gguf} is not a file")
         return str(gguf)
 
-    def convert_adapters(self) -> list[str]:
+    def lora_file(self, prepared: PreparedAdapter) -> str:
         from tunesmith.serve.engines.gguf_lora import convert_lora_to_gguf
 
-        files = []
-        if self.registry.names():
-            self._workdir = Path(tempfile.mkdtemp(prefix="tunesmith-lora-"))
-        for i, name in enumerate(self.registry.names()):
-            prepared = self.registry.get(name)
-            out = self._workdir / f"{i:03d}-{name}.gguf"
-            files.append(str(convert_lora_to_gguf(prepared.info.adapter_dir, self.base_config, out)))
-            self._lora_ids[name] = i
-        return files
+        if prepared.name not in self._lora_files:
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="tunesmith-lora-"))
+            out = self._workdir / f"{len(self._lora_files):03d}-{prepared.name}.gguf"
+            self._lora_files[prepared.name] = str(convert_lora_to_gguf(prepared.info.adapter_dir, self.base_config, out))
+        return self._lora_files[prepared.name]
+
+    def lora_plan(self, adapters: list[PreparedAdapter]) -> tuple[list[str], dict[str, int]]:
+        """The `--lora` files for these adapters and each adapter's id (its place in that list)."""
+        return [self.lora_file(p) for p in adapters], {p.name: i for i, p in enumerate(adapters)}
+
+    def command_for(self, port: int, lora_files: list[str]) -> list[str]:
+        opts = self.cfg.engine_options
+        return llama_server_command(executable=find_llama_server(opts.llama_server) or opts.llama_server,
+                                    gguf=self.gguf_path(), host=LOOPBACK, port=port, lora_files=lora_files,
+                                    parallel=self.cfg.max_batch_size, context_length=self.context_length,
+                                    threads=self.cfg.threads, extra_args=opts.extra_args)
 
     def command(self) -> list[str]:
-        gguf = self.gguf_path()
-        opts = self.cfg.engine_options
-        return llama_server_command(executable=find_llama_server(opts.llama_server) or opts.llama_server, gguf=gguf, host=LOOPBACK, port=self.port,
-                                    lora_files=self.convert_adapters(), parallel=self.cfg.max_batch_size,
-                                    context_length=self.context_length, threads=self.cfg.threads,
-                                    extra_args=opts.extra_args)
+        files, self._lora_ids = self.lora_plan([self.registry.get(n) for n in self.registry.names()])
+        return self.command_for(self.port, files)
 
     def install_hint(self) -> str:
         return "put llama-server on PATH (`make llama-server` builds one), or set engine_options.llama_server"
@@ -115,7 +129,55 @@ class LlamaCppEngine(RemoteEngine):
     def add_adapter(self, prepared: PreparedAdapter) -> concurrent.futures.Future:
         if self.process is None:
             return super().add_adapter(prepared)
-        return _done(_refuse_runtime_load)
+        if self.registry.get(prepared.name) is not None:
+            return _done(lambda: self.registry.add(prepared))  # the registry's own "already loaded"
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def swap() -> None:
+            try:
+                future.set_result(self._swap_in(prepared))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        threading.Thread(target=swap, name=f"llama.cpp-load-{prepared.name}", daemon=True).start()
+        return future
+
+    def _swap_in(self, prepared: PreparedAdapter) -> None:
+        """Start a llama-server that also holds `prepared`, switch new requests to it, and retire
+        the old one once its requests have finished."""
+        with self._swap_lock:
+            adapters = [self.registry.get(n) for n in self.registry.names()] + [prepared]
+            files, lora_ids = self.lora_plan([a for a in adapters if a is not None])
+            port = free_loopback_port()
+            url = f"http://{LOOPBACK}:{port}"
+            process = self.spawn(self.command_for(port, files), url)
+            client = self.new_client(url)
+            with self._route_lock:
+                stopping = self._stopping
+                if not stopping:
+                    old_process, old_client = self.process, self._client
+                    self.process, self._client, self.port, self.url = process, client, port, url
+                    self._lora_ids = lora_ids
+                    self.registry.add(prepared)
+            if stopping:  # shutdown began while the new process started
+                terminate(process)
+                raise ServeError("the server is shutting down")
+            log.info("llama.cpp now serves %d adapter(s) from %s; retiring the previous process",
+                     len(lora_ids), url)
+            retire = threading.Thread(target=self._retire, args=(old_process, old_client), daemon=True,
+                                      name="llama.cpp-retire")
+            self._retiring.append(retire)
+            retire.start()
+
+    def _retire(self, process, client) -> None:
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        while client is not None and self.users(client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process is not None:
+            terminate(process)
+        loop = self._event_loop
+        if client is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
 
     def remove_adapter(self, name: str) -> concurrent.futures.Future:
         if self.process is None:
@@ -124,11 +186,10 @@ class LlamaCppEngine(RemoteEngine):
         return _done(lambda: self.registry.remove(name))
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        with self._route_lock:  # a swap that has not switched yet sees this and stops its process
+            self._stopping = True
         super().shutdown(timeout)
+        for thread in list(self._retiring):
+            thread.join(timeout)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-
-
-def _refuse_runtime_load() -> None:
-    raise APIError(409, "The llama.cpp engine loads adapters only at start: restart the server with this "
-                   "adapter among its --adapter options.", code="adapter_load_unsupported")

@@ -113,6 +113,12 @@ class RemoteEngine(GenerationEngine):
         self._client: Optional[httpx.AsyncClient] = None
         self._in_flight = 0
         self._stopping = False
+        # Submissions read the client and the request fields under this lock, so an engine that
+        # swaps its process (llama.cpp on a runtime adapter load) never pairs one process's
+        # client with another's fields.
+        self._route_lock = threading.Lock()
+        self._users: dict[httpx.AsyncClient, int] = {}  # sequences sent (or about to be) per client
+        self._event_loop: Optional[asyncio.AbstractEventLoop] = None
 
     # ------------------------------------------------------------------ what subclasses say
 
@@ -137,52 +143,51 @@ class RemoteEngine(GenerationEngine):
     def start(self) -> None:
         if self.process is None:
             self.launch()
-        self._client = httpx.AsyncClient(
-            base_url=self.url, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            timeout=httpx.Timeout(self.cfg.engine_options.request_timeout, connect=5.0))
+        self._client = self.new_client(self.url)
 
     def launch(self) -> None:
-        """Start the process and wait until its health check answers; a process that exits or
-        stays unhealthy past the startup timeout is a ServeError naming the command."""
-        argv = self.command()
+        """Start the process and wait until its health check answers."""
+        self.process = self.spawn(self.command(), self.url)
+
+    def spawn(self, argv: list[str], url: str) -> subprocess.Popen:
+        """Start `argv` and return the process once `url`'s health check answers; a process that
+        exits or stays unhealthy past the startup timeout is a ServeError naming the command."""
         log.info("starting the %s engine: %s", self.name, " ".join(argv))
         try:
-            self.process = subprocess.Popen(argv, env=self.environment(), stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(argv, env=self.environment(), stdin=subprocess.DEVNULL)
         except OSError as exc:
             raise ServeError(f"cannot start the {self.name} engine ({argv[0]}): {exc.strerror or exc}",
                              hint=self.install_hint()) from None
         deadline = time.monotonic() + self.cfg.engine_options.startup_timeout
         while time.monotonic() < deadline:
-            status = self.process.poll()
+            status = process.poll()
             if status is not None:
-                self.process = None
                 raise ServeError(f"the {self.name} engine exited with status {status} while starting "
                                  f"(command: {' '.join(argv)}); its log is above")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    log.info("the %s engine is ready on %s", self.name, self.url)
-                    return
+                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                    log.info("the %s engine is ready on %s", self.name, url)
+                    return process
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.stop_process()
+        terminate(process)
         raise ServeError(f"the {self.name} engine did not become healthy within "
                          f"{self.cfg.engine_options.startup_timeout:g} s",
                          hint="raise engine_options.startup_timeout for a large model")
+
+    def new_client(self, url: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=url, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            timeout=httpx.Timeout(self.cfg.engine_options.request_timeout, connect=5.0))
 
     def install_hint(self) -> str:
         return "install the engine, or give its path in engine_options"
 
     def stop_process(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            terminate(process, timeout)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         self._stopping = True
@@ -231,15 +236,31 @@ class RemoteEngine(GenerationEngine):
         count = len(prompts) * n
         if self._in_flight + count > self.cfg.max_queue:
             raise queue_full(self._in_flight)
-        handle = _RemoteHandle(self, asyncio.get_running_loop(), target, prompts, n)
+        self._event_loop = asyncio.get_running_loop()
+        handle = _RemoteHandle(self, self._event_loop, target, prompts, n)
         if self.metrics is not None:
             self.metrics.prompt_tokens.labels(target.name).inc(handle.prompt_tokens * n)
-        for i, prompt in enumerate(prompts):
-            for j in range(n):
-                index = i * n + j
-                body = self._body(target, prompt, params, index)
-                handle.tasks.append(asyncio.create_task(self._sequence(handle, index, body)))
+        with self._route_lock:
+            client = self._client
+            bodies = [self._body(target, prompt, params, i * n + j) for i, prompt in enumerate(prompts)
+                      for j in range(n)]
+            self._users[client] = self._users.get(client, 0) + len(bodies)
+        for index, body in enumerate(bodies):
+            task = asyncio.create_task(self._sequence(handle, index, body, client))
+            task.add_done_callback(lambda _task: self._release(client))
+            handle.tasks.append(task)
         return handle
+
+    def _release(self, client: httpx.AsyncClient) -> None:
+        with self._route_lock:
+            self._users[client] -= 1
+            if not self._users[client] and client is not self._client:
+                del self._users[client]
+
+    def users(self, client: httpx.AsyncClient) -> int:
+        """Sequences still in flight through `client` (the old one, after a swap)."""
+        with self._route_lock:
+            return self._users.get(client, 0)
 
     def _body(self, target: Target, prompt: list[int], params: SamplingParams, index: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -260,12 +281,13 @@ class RemoteEngine(GenerationEngine):
         if self.metrics is not None:
             self.metrics.running.set(self._in_flight)
 
-    async def _sequence(self, handle: RequestHandle, index: int, body: dict[str, Any]) -> None:
+    async def _sequence(self, handle: RequestHandle, index: int, body: dict[str, Any],
+                        client: Optional[httpx.AsyncClient]) -> None:
         self._track(+1)
         generated, finish, usage_tokens = 0, None, None
         try:
-            assert self._client is not None, "the engine was not started"
-            async with self._client.stream("POST", "/v1/completions", json=body) as response:
+            assert client is not None, "the engine was not started"
+            async with client.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code != 200:
                     raise self._refusal(response.status_code, await response.aread())
                 async for line in response.aiter_lines():
@@ -329,6 +351,18 @@ class RemoteEngine(GenerationEngine):
         if 400 <= status < 500:
             return APIError(400, f"The {self.name} engine refused the request: {message}", code="engine_refused")
         return APIError(502, f"The {self.name} engine failed: {message}", type="server_error", code="engine_error")
+
+
+def terminate(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _finish(reason: str) -> str:
