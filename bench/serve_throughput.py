@@ -13,13 +13,15 @@ measures what serving 4 adapters at once costs against serving one.
 
 Both servers use one torch thread unless --threads says otherwise (0: torch's default).
 
-Target (issue #6): at 8+ concurrent clients, at least 3x the baseline's tokens/s with lower p95.
+Goal: at 8+ concurrent clients, at least 3x the baseline's tokens/s with lower p95.
 
 With `--engine llama.cpp` (and `--gguf`) or `--engine vllm` it measures instead what tunesmith in
 front of that engine costs: the engine alone (started with the command line tunesmith builds,
 driven with the same prompt token ids on its own /v1/completions) against `tunesmith serve
 --engine ...` (the same engine behind tunesmith's API), at each concurrency, plus 4 adapters vs 1
-behind tunesmith. Target (issue #18): behind tunesmith >= 95% of the engine's tokens/s at 8 clients.
+behind tunesmith; with llama.cpp also tunesmith's own engine on the same model (fp32), for the
+gap between the two on CPUs. All servers run at once and are driven in turns. Goal: behind
+tunesmith >= 95% of the engine's tokens/s at 8 clients.
 
     python bench/serve_throughput.py --engine llama.cpp --gguf model-f16.gguf --concurrency 1 8 32
 """
@@ -99,8 +101,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise SystemExit(f"{url} was not ready after {timeout}s")
 
 
-def build_adapters(out: Path, count: int) -> dict[str, Path]:
-    """LoRA adapters on the default model with random B matrices (what training would leave)."""
+def build_adapters(out: Path, count: int, model_path: str = "default") -> dict[str, Path]:
+    """LoRA adapters on the model with random B matrices (what training would leave)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -109,7 +111,7 @@ def build_adapters(out: Path, count: int) -> dict[str, Path]:
 
     adapters = {}
     for i in range(count):
-        model = load_model(ModelConfig(), device="cpu")
+        model = load_model(ModelConfig(path=model_path), device="cpu")
         peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
         generator = torch.Generator().manual_seed(100 + i)
         for name, param in peft_model.named_parameters():
@@ -177,6 +179,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=["own", "llama.cpp", "vllm"], default="own",
                         help="own: tunesmith vs the pipeline baseline; llama.cpp/vllm: the engine alone vs behind tunesmith")
     parser.add_argument("--gguf", help="the model as a GGUF file (--engine llama.cpp)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --engine: runs per target and level, taken in turns; the best counts")
     parser.add_argument("--role", choices=["bench", "baseline"], default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,7 +193,7 @@ def main() -> None:
     if args.threads > 0:
         env["OMP_NUM_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="tunesmith-bench-"))
-    adapters = build_adapters(work, 4)
+    adapters = build_adapters(work, 4, args.model)
     if args.engine != "own":
         compare_engine(args, env, work, adapters)
         return
@@ -261,8 +265,10 @@ def _report(label: str, level: int, stats: dict) -> None:
 
 
 def compare_engine(args, env: dict, work: Path, adapters: dict[str, Path]) -> None:
-    """The engine alone, then the same engine behind `tunesmith serve --engine`, on the same
-    prompt token ids; then 4 adapters vs 1 behind tunesmith."""
+    """The engine alone, the same engine behind `tunesmith serve --engine`, and (for llama.cpp)
+    tunesmith's own engine on the same model, all started before measuring and driven in turns
+    at each concurrency (best of --rounds each), so a load spike from other processes cannot
+    decide a ratio; then 4 adapters vs 1 behind tunesmith."""
     from tunesmith.serve.config import EngineOptions, ServeConfig
     from tunesmith.serve.engines.base import SamplingParams
     from tunesmith.serve.state import create_state
@@ -282,47 +288,62 @@ def compare_engine(args, env: dict, work: Path, adapters: dict[str, Path]) -> No
         return {"prompt": prompts[question], "max_tokens": n, "temperature": 0, "ignore_eos": True,
                 **sampling, **engine.request_fields(target)}
 
-    def behind_body(question: str, model: str) -> dict:
+    def tunesmith_body(question: str, model: str) -> dict:
         return {"model": model, "prompt": prompts[question], "max_tokens": n, "temperature": 0, "ignore_eos": True}
 
-    print(f"engine={args.engine} model={args.model} requests/level={args.requests} max_tokens={n} "
-          f"cpu_cores={os.cpu_count()} concurrency={args.concurrency}", flush=True)
-    results: dict[str, dict] = {"alone": {}, "behind": {}}
+    def serve_command(port: int, engine_name: str) -> list[str]:
+        return [sys.executable, "-m", "tunesmith", "serve", "--engine", engine_name, "--model", args.model,
+                "--port", str(port), "--max-batch-size", str(max(args.concurrency)), "--set", "log_level=warning",
+                *(["--threads", str(args.threads)] if args.threads else []),
+                *(["--gguf", args.gguf] if args.gguf and engine_name != "own" else []),
+                *[f"--adapter={name}={path}" for name, path in adapters.items()]]
+
+    print(f"engine={args.engine} model={args.model} gguf={args.gguf} requests/level={args.requests} max_tokens={n} "
+          f"cpu_cores={os.cpu_count()} threads={args.threads or 'default'} concurrency={args.concurrency} "
+          f"rounds={args.rounds}", flush=True)
+    targets = {"alone": Target("alone", engine.url, "/v1/completions", alone_body)}
+    procs: list[subprocess.Popen] = []
     engine.launch()
     try:
-        alone = Target("alone", engine.url, "/v1/completions", alone_body)
-        asyncio.run(drive(alone, 2, 1, [state.base.name]))
+        others = {"behind": args.engine} | ({"own": "own"} if args.engine == "llama.cpp" else {})
+        for name, engine_name in others.items():
+            port = free_port()
+            targets[name] = Target(name, f"http://127.0.0.1:{port}", "/v1/completions", tunesmith_body)
+            procs.append(start(serve_command(port, engine_name), env, work / f"{name}.log"))
+            wait_ready(targets[name].url, procs[-1], timeout=cfg.engine_options.startup_timeout)
+        for target in targets.values():
+            asyncio.run(drive(target, 2, 1, [state.base.name]))  # warm-up
+        results: dict[str, dict] = {name: {} for name in targets}
         for level in args.concurrency:
-            results["alone"][level] = asyncio.run(drive(alone, args.requests, level, [state.base.name]))
-            _report(f"{args.engine} alone", level, results["alone"][level])
+            for name in targets:
+                results[name][level] = []
+            for _ in range(args.rounds):
+                for name, target in targets.items():
+                    results[name][level].append(asyncio.run(drive(target, args.requests, level, [state.base.name])))
+            for name in targets:
+                results[name][level] = max(results[name][level], key=lambda r: r["tokens_per_s"])
+                _report(LABELS.get(name, name).format(engine=args.engine), level, results[name][level])
+        level, runs = max(args.concurrency), {"one": [], "four": []}
+        for _ in range(args.rounds):
+            runs["one"].append(asyncio.run(drive(targets["behind"], args.requests, level, ["ad0"])))
+            runs["four"].append(asyncio.run(drive(targets["behind"], args.requests, level, list(adapters))))
+        results["adapters"] = {k: max(v, key=lambda r: r["tokens_per_s"]) for k, v in runs.items()}
+        results["adapters"]["concurrency"] = level
     finally:
         engine.stop_process()
+        for proc in procs:
+            stop(proc)
 
-    port = free_port()
-    behind = Target("behind", f"http://127.0.0.1:{port}", "/v1/completions", behind_body)
-    cmd = [sys.executable, "-m", "tunesmith", "serve", "--engine", args.engine, "--model", args.model,
-           "--port", str(port), "--max-batch-size", str(max(args.concurrency)), "--set", "log_level=warning",
-           *(["--gguf", args.gguf] if args.gguf else []),
-           *[f"--adapter={name}={path}" for name, path in adapters.items()]]
-    proc = start(cmd, env, work / "behind.log")
-    try:
-        wait_ready(behind.url, proc, timeout=cfg.engine_options.startup_timeout)
-        asyncio.run(drive(behind, 2, 1, [state.base.name]))
-        for level in args.concurrency:
-            results["behind"][level] = asyncio.run(drive(behind, args.requests, level, [state.base.name]))
-            _report("behind tunesmith", level, results["behind"][level])
-        level = max(args.concurrency)
-        results["adapters"] = {"one": asyncio.run(drive(behind, args.requests, level, ["ad0"])),
-                               "four": asyncio.run(drive(behind, args.requests, level, list(adapters))),
-                               "concurrency": level}
-    finally:
-        stop(proc)
-
-    print("\nconcurrency  alone tok/s  behind tok/s  behind/alone  alone p95  behind p95")
+    print(f"\nconcurrency  alone tok/s  behind tok/s  behind/alone  alone p95  behind p95"
+          + ("  own tok/s  own/alone" if "own" in results else ""))
     for level in args.concurrency:
         a, b = results["alone"][level], results["behind"][level]
-        print(f"{level:>11}  {a['tokens_per_s']:11.1f}  {b['tokens_per_s']:12.1f}  "
-              f"{b['tokens_per_s'] / a['tokens_per_s']:11.2f}x  {a['p95']:8.2f}s  {b['p95']:9.2f}s")
+        line = (f"{level:>11}  {a['tokens_per_s']:11.1f}  {b['tokens_per_s']:12.1f}  "
+                f"{b['tokens_per_s'] / a['tokens_per_s']:11.2f}x  {a['p95']:8.2f}s  {b['p95']:9.2f}s")
+        if "own" in results:
+            o = results["own"][level]
+            line += f"  {o['tokens_per_s']:9.1f}  {o['tokens_per_s'] / a['tokens_per_s']:8.2f}x"
+        print(line)
     ad = results["adapters"]
     print(f"\nadapters at c={ad['concurrency']} behind tunesmith: one {ad['one']['tokens_per_s']:.1f} tok/s, "
           f"four {ad['four']['tokens_per_s']:.1f} tok/s "
@@ -333,6 +354,9 @@ def compare_engine(args, env: dict, work: Path, adapters: dict[str, Path]) -> No
               f"{'met' if ratio >= 0.95 else 'NOT met'} ({ratio:.1%})")
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"raw numbers: {work / 'results.json'}")
+
+
+LABELS = {"alone": "{engine} alone", "behind": "behind tunesmith", "own": "tunesmith own engine"}
 
 
 if __name__ == "__main__":
