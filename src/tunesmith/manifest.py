@@ -24,7 +24,7 @@ from tunesmith import __version__
 from tunesmith.config import save_config
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers",
-             "safetensors", "bitsandbytes", "gguf", "datasketch")
+             "safetensors", "bitsandbytes", "gguf")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -165,7 +165,10 @@ def loads_bounded(text: str) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise TooDeep from None
-    if isinstance(value, (dict, list)) and depth_over(value):
+    # Nesting is at most the number of opening brackets (those inside strings count too): most
+    # lines hold far fewer than the limit, and counting is much cheaper than walking the value.
+    if (isinstance(value, (dict, list)) and text.count("{") + text.count("[") > MAX_JSON_DEPTH
+            and depth_over(value)):
         raise TooDeep
     if SURROGATE_ESCAPE.search(text) and has_lone_surrogate(value):
         raise LoneSurrogate

@@ -124,9 +124,17 @@ class Detector:
     check: Callable[[str], int] | None
     # A cheap test a text must pass before the pattern is run at all.
     gate: Callable[[str], bool]
+    # The fewest digits a finding of this kind holds: texts with fewer skip the pattern (most
+    # texts hold few digits, and the digit patterns are the costly ones).
+    min_digits: int = 0
 
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# Where a secret can start (each alternative of the secret pattern's first characters) and an
+# IBAN's country code and check digits: searched before the full patterns run.
+_SECRET_PREFIX = re.compile(r"sk-|[spr]k_(?:live|test)_|gh[pousr]_|github_pat_|AKIA|ASIA|xox[abposr]-|AIza|hf_|"
+                            r"glpat-|eyJ")
+_IBAN_START = re.compile(r"[A-Z]{2}\d\d")
 
 DETECTORS: tuple[Detector, ...] = (
     Detector("private_key", re.compile(
@@ -141,38 +149,39 @@ DETECTORS: tuple[Detector, ...] = (
         r"|AIza[0-9A-Za-z_-]{35}"
         r"|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}"
         r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),
-        _has_digit, lambda t: True),
+        _has_digit, lambda t: _SECRET_PREFIX.search(t) is not None, min_digits=1),
     Detector("email", re.compile(
         r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])"),
         None, lambda t: "@" in t),
-    Detector("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban, lambda t: True),
-    Detector("credit_card", re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])"), _card, lambda t: True),
+    Detector("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban,
+             lambda t: _IBAN_START.search(t) is not None, min_digits=2),
+    Detector("credit_card", re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])"), _card, lambda t: True,
+             min_digits=13),
     Detector("ssn", re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"),
-             None, lambda t: "-" in t),
+             None, lambda t: "-" in t, min_digits=9),
     Detector("ipv6", re.compile(
         r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:" + _OCTET + r"(?:\." + _OCTET + r"){3}|[0-9A-Fa-f]{1,4})?"
         r"(?![\w:]|\.\d)"),
         _ipv6, lambda t: "::" in t or t.count(":") >= 7),
     Detector("ipv4", re.compile(r"(?<![\w.])" + _OCTET + r"(?:\." + _OCTET + r"){3}(?!\w|\.\d)"),
-             None, lambda t: "." in t),
+             None, lambda t: "." in t, min_digits=4),
     Detector("phone", re.compile(
         # Not part of a longer run of digit groups (account numbers, IBAN tails): (?<!\d[ .-]).
         r"(?<![\w+])(?<!\d[ .-])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\w-]|[ .-]\d)"  # international
         r"|(?<![\w.+-])(?<!\d[ .-])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w-]|[ .-]\d)"  # North American 3-3-4
         r"|(?<![\w.+-])(?<!\d[ .-])\(?0\d{1,4}\)?[ -]\d{3,4}[ -]\d{3,4}(?![\w-]|[ .-]\d)"),  # trunk 0
-        _phone, lambda t: True),
+        _phone, lambda t: True, min_digits=8),
 )
 
 _DIGIT = re.compile(r"\d")
-_NEEDS_DIGIT = frozenset({"iban", "credit_card", "ssn", "ipv4", "phone"})
 
 
 def redact(text: str, counts: Counter[str]) -> str:
     """`text` with every finding replaced by its kind's placeholder; adds to `counts` per kind."""
-    has_digit = _DIGIT.search(text) is not None
+    digits = len(_DIGIT.findall(text))
     for detector in DETECTORS:
-        if (detector.kind in _NEEDS_DIGIT and not has_digit) or not detector.gate(text):
+        if digits < detector.min_digits or not detector.gate(text):
             continue
         placeholder = PLACEHOLDERS[detector.kind]
 

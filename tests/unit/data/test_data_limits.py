@@ -145,3 +145,16 @@ def test_a_lone_surrogate_escape_is_non_utf8_and_a_pair_is_fine(tmp_path, name, 
     path = tmp_path / name
     path.write_text(body)
     assert [rule for _, rule in _records(path)] == ["non_utf8", None]
+
+
+def test_nesting_at_the_limit_passes_and_one_more_level_is_too_deep():
+    from tunesmith.data.bounded import MAX_JSON_DEPTH, TooDeep, loads_bounded
+
+    def nested(depth: int) -> str:
+        return '{"a": ' * (depth - 1) + '["x"]' + "}" * (depth - 1)
+
+    assert loads_bounded(nested(MAX_JSON_DEPTH)) is not None
+    with pytest.raises(TooDeep):
+        loads_bounded(nested(MAX_JSON_DEPTH + 1))
+    # Brackets inside strings count towards the quick bound but not the depth.
+    assert loads_bounded(json.dumps({"text": "{[" * 200})) == {"text": "{[" * 200}
