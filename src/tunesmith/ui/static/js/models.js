@@ -107,7 +107,7 @@ function actionsCard(model, gateSets, after) {
       if (gate) status.append(gateView(gate, error.message));
       else status.append(el("p", { class: "error", id: "action-error" }, error.message));
     }
-    await after(status);
+    await after();
   };
 
   const promoteVersion = el("select", { id: "promote-version" }, options());
@@ -119,10 +119,18 @@ function actionsCard(model, gateSets, after) {
   const canaryVersion = el("select", { id: "canary-version" }, options());
   const canaryAlias = el("input", { id: "canary-alias", value: "production", size: 12 });
   const percent = el("input", { id: "canary-percent", type: "number", value: "10", min: 1, max: 99 });
-  const aliasNames = model.aliases.map((a) => a.alias);
-  const rollbackAlias = el("select", { id: "rollback-alias" }, aliasNames.map((a) => el("option", { value: a }, a)));
+  const rollbackAlias = el("select", { id: "rollback-alias" });
+  const rollback = el("button", { id: "rollback", type: "button", class: "secondary",
+    onclick: () => run("rollback", { name: model.name, alias: rollbackAlias.value }) }, "Roll back");
+  // After a change the aliases may differ (a promotion can create one): the list follows them.
+  const aliasesChanged = (aliases) => {
+    const kept = rollbackAlias.value;
+    clear(rollbackAlias).append(...aliases.map((a) => el("option", { value: a.alias, selected: a.alias === kept }, a.alias)));
+    rollback.disabled = !aliases.length;
+  };
+  aliasesChanged(model.aliases);
 
-  return card("Change an alias",
+  const actions = card("Change an alias",
     el("div", { class: "inline-form" }, actor, reason),
     el("div", { class: "inline-form" },
       field("version", promoteVersion), field("alias", promoteAlias), field("gate set", gate),
@@ -135,10 +143,9 @@ function actionsCard(model, gateSets, after) {
       el("button", { id: "canary", type: "button", class: "secondary", onclick: () => run("canary", {
         ref: `${model.name}@${canaryVersion.value}`, alias: canaryAlias.value.trim(), percent: Number(percent.value) }) },
       "Start canary")),
-    el("div", { class: "inline-form" }, field("alias", rollbackAlias),
-      el("button", { id: "rollback", type: "button", class: "secondary", disabled: !aliasNames.length,
-        onclick: () => run("rollback", { name: model.name, alias: rollbackAlias.value }) }, "Roll back")),
+    el("div", { class: "inline-form" }, field("alias", rollbackAlias), rollback),
     status);
+  return { card: actions, aliasesChanged };
 }
 
 export async function modelsPage(view, params) {
@@ -161,16 +168,22 @@ export async function modelsPage(view, params) {
   const body = el("div", {});
   view.append(el("div", { class: "toolbar" }, field("Model ", picker)), body);
 
-  const show = async (keptStatus) => {
-    const fresh = keptStatus ? (await get("registry")).models : listing.models;
-    const model = fresh.find((m) => m.name === wanted);
+  const versionsSlot = el("div", {});
+  const aliasesSlot = el("div", {});
+  const historySlot = el("div", {});
+  let actions = null;
+  const show = async (fresh) => {
+    const model = (fresh ? (await get("registry")).models : listing.models).find((m) => m.name === wanted);
     const { history } = await get("registry/history", { name: wanted });
-    clear(body).append(
-      card(`Versions of ${model.name}`, versionsTable(model)),
-      card("Aliases", aliasesTable(model)));
-    const actions = actionsCard(model, listing.gate_sets || [], (status) => show(status));
-    if (keptStatus) actions.querySelector("#action-status").replaceWith(keptStatus);
-    body.append(actions, card("Alias history", historyTable(history)));
+    clear(versionsSlot).append(versionsTable(model));
+    clear(aliasesSlot).append(aliasesTable(model));
+    clear(historySlot).append(historyTable(history));
+    if (!actions) {
+      actions = actionsCard(model, listing.gate_sets || [], () => show(true));
+      body.append(card(`Versions of ${model.name}`, versionsSlot), card("Aliases", aliasesSlot), actions.card,
+        card("Alias history", historySlot));
+    }
+    actions.aliasesChanged(model.aliases);
   };
-  await show(null);
+  await show(false);
 }
