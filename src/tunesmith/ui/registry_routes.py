@@ -116,12 +116,15 @@ def add_registry_routes(router: APIRouter, access: RegistryAccess, read_body) ->
         if access.path is None:
             return {"enabled": False, "models": []}
         access.check(request, change=False)
-        return {"enabled": True, "models": await in_thread(models_listing), "gate_sets": access.gate_sets()}
+        # A registry nothing was recorded in yet is shown empty, not created by looking at it.
+        models = await in_thread(models_listing) if access.path.exists() else []
+        return {"enabled": True, "models": models, "gate_sets": access.gate_sets()}
 
     @router.get("/registry/history")
     async def registry_history(request: Request, name: str = Query(..., max_length=200)) -> dict[str, Any]:
         access.check(request, change=False)
-        return {"name": name, "history": await in_thread(lambda r: Aliases(r).history(name))}
+        history = await in_thread(lambda r: Aliases(r).history(name)) if access.path.exists() else []
+        return {"name": name, "history": history}
 
     @router.post("/registry/promote")
     async def promote(request: Request) -> Any:

@@ -168,6 +168,17 @@ def test_models_page_shows_versions_and_a_rollback_lands_in_the_history(browser,
     assert [c.text for c in browser.find_elements("css selector", "#aliases-table tbody tr td")][:2] == ["production", "@1"]
     shoot("models", at="aliases-table")
 
+    # A canary: a quarter of production's traffic to version 2, shown as the alias's weights.
+    Select(browser.find_element("id", "canary-version")).select_by_value("2")
+    browser.find_element("id", "canary-percent").clear()
+    browser.find_element("id", "canary-percent").send_keys("25")
+    browser.find_element("id", "canary").click()
+    wait(browser, lambda d: "canary" in (text_of(d, "action-done") or ""), what="the canary")
+    wait(browser, lambda d: "@1: 75%, @2: 25%" in (text_of(d, "aliases-table") or ""), what="the canary weights")
+    assert "production 25%" in browser.find_element("id", "versions-table").text
+    newest = [c.text for c in browser.find_elements("css selector", "#history-table tbody tr:first-child td")]
+    assert newest[3:7] == ["canary", "ui:ann", "@1", "@1: 75%, @2: 25%"]
+
 
 def _record_growth(browser):
     """Record the text of each side's pending answer every time the page changes it."""

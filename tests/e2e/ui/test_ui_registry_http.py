@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from jobs_helpers import jobs_settings
+from jobs_helpers import jobs_settings, wait_until
 from serve_helpers import LiveServer, write_run_dir
 
 from tunesmith.registry.aliases import Aliases
@@ -94,10 +94,12 @@ def test_a_refused_promotion_shows_the_gate_and_moves_nothing_then_canary_force_
         ("promote", "ana", 1), ("canary", "ui", 1), ("promote", "ui:ann", 2), ("rollback", "ui:bo", 1)]
     assert history[2]["gate"]["passed"] is False and history[2]["gate"]["overridden_by"] == "ui:ann"
     assert history[2]["reason"] == "hotfix"
-    # The running server follows the alias: `tickets` answers from version 1 again.
-    answer = httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60, json={
-        "model": "tickets", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-    assert answer.json()["model"] == "tickets@1"
+    # The running server follows the alias (it rereads the table every registry_poll_interval):
+    # `tickets` answers from version 1 again.
+    def answered_by():
+        return httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60, json={
+            "model": "tickets", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).json()["model"]
+    wait_until(lambda: answered_by() == "tickets@1", timeout=30, what="the server to follow the rollback")
 
 
 def test_bad_requests_are_refused_with_the_reason(server):
@@ -106,6 +108,14 @@ def test_bad_requests_are_refused_with_the_reason(server):
     assert httpx.post(f"{url}/promote", headers=AUTH, json={"ref": "tickets@2", "gate": "../x.jsonl"}).status_code == 403
     assert httpx.post(f"{url}/canary", headers=AUTH, json={"ref": "tickets@2", "percent": 100}).status_code == 400
     assert httpx.post(f"{url}/promote", headers=AUTH, json={"ref": "tickets@2", "alias": "9"}).status_code == 400
+
+
+def test_the_jobs_registry_not_written_yet_is_shown_empty_and_not_created(tmp_path):
+    path = tmp_path / "jobs" / "registry.sqlite3"  # where succeeded jobs will be recorded
+    client = TestClient(build_app(ServeConfig(jobs=jobs_settings(tmp_path / "jobs"), api_key=KEY, log_level="warning")))
+    assert client.get("/ui/api/registry", headers=AUTH).json()["models"] == []
+    assert client.get("/ui/api/registry/history", params={"name": "x"}, headers=AUTH).json()["history"] == []
+    assert not path.exists()
 
 
 def test_changes_are_off_on_a_server_without_a_key(registry_path):
