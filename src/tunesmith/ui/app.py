@@ -19,7 +19,9 @@ from fastapi.staticfiles import StaticFiles
 from tunesmith import __version__
 from tunesmith.serve.auth import bearer_matches, unauthorized
 from tunesmith.ui.config import API_KEY_ENV, REVIEW_DB, WORKSPACE_ENV, UiConfig
-from tunesmith.ui.routes import UiContext, build_router, error_body
+from tunesmith.ui.proxy import is_upload_path
+from tunesmith.ui.registry_routes import RegistryAccess
+from tunesmith.ui.routes import UiContext, build_router, error_body, prompt_set_files
 from tunesmith.ui.upstream import Upstream
 from tunesmith.ui.workspace import Workspace
 
@@ -57,9 +59,12 @@ def mount_ui(app: FastAPI, state: Any) -> None:
     def tokenizer(name: str):
         return state.resolve(name).tokenizer
 
+    registry_path = state.cfg.registry or (state.cfg.jobs.registry_path if state.cfg.jobs is not None else None)
+    registry = RegistryAccess(Path(registry_path) if registry_path is not None else None, state.api_key or None,
+                              workspace, lambda: prompt_set_files(workspace))
     ctx = UiContext(workspace=workspace, review_db=workspace.root / REVIEW_DB, upstream=Upstream(app=app),
                     max_body_bytes=state.cfg.max_body_bytes, mounted=True, auth_required=bool(state.api_key),
-                    local_tokenizer=tokenizer)
+                    local_tokenizer=tokenizer, registry=registry, jobs_enabled=state.cfg.jobs is not None)
     _add_pages(app, ctx)
 
 
@@ -80,7 +85,7 @@ class UiGuard:
                 await error_body(error.message, 401, error.code)(scope, receive, send)
                 return
             length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            if length is not None and not is_upload_path(scope["path"]) and length.isdigit() and int(length) > self.max_body_bytes:
                 await error_body(f"The request body is larger than {self.max_body_bytes} bytes.", 413,
                                  "request_too_large")(scope, receive, send)
                 return

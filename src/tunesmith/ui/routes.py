@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError
 from tunesmith.ui import upstream as up
+from tunesmith.ui.filecheck import check_stream
 from tunesmith.ui.reviews import ReviewStore, export_jsonl
 from tunesmith.ui.workspace import Workspace, WorkspaceError, detail, read_metrics_chunk
 
@@ -37,6 +38,9 @@ class UiContext:
     auth_required: bool = False
     # Mounted on `tunesmith serve`: model name -> the tokenizer the server renders with.
     local_tokenizer: Optional[Callable[[str], Any]] = None
+    # Mounted: the registry routes act on this (see registry_routes); standalone: forwarded.
+    registry: Optional[Any] = None
+    jobs_enabled: Optional[bool] = None  # mounted: whether the server has the jobs API; standalone: unknown
     _store: Optional[ReviewStore] = field(default=None, repr=False)
 
     @property
@@ -137,6 +141,24 @@ def read_prompt_set(path: Path, shown: str, limit: int) -> list[list[dict[str, s
     return prompts
 
 
+def prompt_set_files(ws: Workspace) -> list[str]:
+    """JSONL files of the workspace that can hold prompts (an eval set, a review's prompts)."""
+    found = []
+    for stage in ws.stage_dirs():
+        found += [ws.relative(p) for p in sorted(stage.glob("*.jsonl")) if p.name not in NOT_PROMPT_SETS]
+    found += [ws.relative(p) for p in sorted(ws.root.glob("*.jsonl"))]
+    return sorted(set(found))[:MAX_PROMPT_SETS]
+
+
+async def capped_stream(request: Request, cap: int):
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise WorkspaceError(f"the request body is larger than {cap} bytes", status=413)
+        yield chunk
+
+
 def build_router(ctx: UiContext) -> APIRouter:
     router = APIRouter(prefix="/ui/api", route_class=UiRoute)
     ws = ctx.workspace
@@ -145,7 +167,8 @@ def build_router(ctx: UiContext) -> APIRouter:
     async def info() -> dict[str, Any]:
         return {"version": __version__, "workspace": str(ws.root), "mounted": ctx.mounted,
                 "server": None if ctx.mounted else (ctx.upstream.base_url if ctx.upstream.configured else None),
-                "auth_required": ctx.auth_required}
+                "auth_required": ctx.auth_required, "max_body_bytes": ctx.max_body_bytes,
+                "jobs": ctx.jobs_enabled, "registry": None if not ctx.mounted else ctx.registry.path is not None}
 
     # ------------------------------------------------------------------ runs
 
@@ -169,11 +192,15 @@ def build_router(ctx: UiContext) -> APIRouter:
 
     @router.get("/prompt-sets")
     async def prompt_sets() -> dict[str, Any]:
-        found = []
-        for stage in ws.stage_dirs():
-            found += [ws.relative(p) for p in sorted(stage.glob("*.jsonl")) if p.name not in NOT_PROMPT_SETS]
-        found += [ws.relative(p) for p in sorted(ws.root.glob("*.jsonl"))]
-        return {"files": sorted(set(found))[:MAX_PROMPT_SETS]}
+        return {"files": prompt_set_files(ws)}
+
+    # ------------------------------------------------------------------ jobs
+
+    @router.post("/check-file")
+    async def check_file(request: Request, method: str = Query("supervised"),
+                         filename: str = Query(..., max_length=255)) -> dict[str, Any]:
+        """Every problem of a fine-tuning file, line by line (the body is the file)."""
+        return await check_stream(capped_stream(request, ctx.max_body_bytes), filename, method)
 
     # ------------------------------------------------------------------ playground
 
@@ -266,4 +293,14 @@ def build_router(ctx: UiContext) -> APIRouter:
             "Content-Disposition": f'attachment; filename="{review_id}-preferences.jsonl"',
             "X-Tunesmith-Rows": str(len(rows)), "X-Tunesmith-Skipped": json.dumps(skipped)})
 
+    if ctx.mounted:
+        from tunesmith.ui.registry_routes import add_registry_routes
+
+        add_registry_routes(router, ctx.registry, lambda request: read_body(request, ctx.max_body_bytes))
+    else:
+        from tunesmith.ui.proxy import add_proxy_routes
+        from tunesmith.ui.registry_routes import add_forwarded_registry_routes
+
+        add_forwarded_registry_routes(router, ctx.upstream, lambda request: read_body(request, ctx.max_body_bytes))
+        add_proxy_routes(router, ctx.upstream)
     return router

@@ -29,7 +29,8 @@ class Upstream:
         self.app = app  # set when mounted: the serve application itself
         self.configured = base_url is not None or app is not None
 
-    def _client(self) -> httpx.AsyncClient:
+    def client(self) -> httpx.AsyncClient:
+        self._require()
         if self.app is not None:
             return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=self.base_url,
                                      timeout=GENERATION_TIMEOUT_S)
@@ -41,17 +42,20 @@ class Upstream:
                                 hint="start it with `tunesmith ui --server http://127.0.0.1:8000`, or open /ui on "
                                      "`tunesmith serve`")
 
+    def unreachable(self, exc: Exception) -> UpstreamError:
+        return UpstreamError(f"cannot reach the model server at {self.base_url}: {exc}", status=502,
+                             hint="check that `tunesmith serve` is running there")
+
     async def request(self, method: str, path: str, authorization: Optional[str],
                       body: Optional[dict[str, Any]] = None) -> tuple[int, Any]:
         """(status, JSON body) of one call; connection failures become a 502 that names the server."""
         self._require()
         headers = {"Authorization": authorization} if authorization else {}
         try:
-            async with self._client() as client:
+            async with self.client() as client:
                 response = await client.request(method, path, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"cannot reach the model server at {self.base_url}: {exc}", status=502,
-                                hint="check that `tunesmith serve` is running there") from None
+            raise self.unreachable(exc) from None
         try:
             payload = response.json()
         except ValueError:

@@ -78,13 +78,16 @@ def browser():
 
 @pytest.fixture
 def shoot(browser):
-    """shoot(name): a screenshot of the page into $TUNESMITH_UI_SCREENSHOTS, when set."""
+    """shoot(name, at=None): a screenshot of the page into $TUNESMITH_UI_SCREENSHOTS, when set;
+    from the top of the page, or scrolled to the element with id `at`."""
     target = os.environ.get("TUNESMITH_UI_SCREENSHOTS")
 
-    def take(name: str) -> None:
+    def take(name: str, at: str | None = None) -> None:
         if target:
             Path(target).mkdir(parents=True, exist_ok=True)
             browser.execute_script("window.scrollTo(0, 0)")
+            if at is not None:
+                browser.execute_script("document.getElementById(arguments[0]).closest('section').scrollIntoView()", at)
             browser.save_screenshot(str(Path(target) / f"ui-{name}.png"))
 
     return take

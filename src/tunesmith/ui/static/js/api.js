@@ -4,10 +4,25 @@ const KEY_STORE = "tunesmith.apiKey";
 const listeners = new Set();
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, payload = null) {
     super(message);
     this.status = status;
+    this.payload = payload; // the error body, e.g. {error: {message, code, param}, gate: {...}}
   }
+}
+
+// Where the page reaches the server's OpenAI routes: on `tunesmith serve` its own /v1 (the page
+// lives at /ui/), from a standalone UI the UI's forwarder (another origin is out of bounds).
+let openaiBase = "api/openai/v1/";
+let info = null;
+
+// /ui/api/info, read once (after the key is known): version, mounted, limits, what the server offers.
+export async function uiInfo() {
+  if (!info) {
+    info = await get("info");
+    openaiBase = info.mounted ? "../v1/" : "api/openai/v1/";
+  }
+  return info;
 }
 
 export function apiKey() {
@@ -28,20 +43,75 @@ function headers(extra = {}) {
   return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
 }
 
-async function send(method, path, body) {
-  const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
-  if (body !== undefined) init.body = JSON.stringify(body);
-  const response = await fetch(`api/${path}`, init);
+async function checked(response) {
   if (response.status === 401) listeners.forEach((callback) => callback());
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
+    let payload = null;
     try {
-      const payload = await response.json();
+      payload = await response.json();
       if (payload && payload.error && payload.error.message) message = payload.error.message;
     } catch (_) { /* not JSON */ }
-    throw new ApiError(response.status, message);
+    throw new ApiError(response.status, message, payload);
   }
   return response;
+}
+
+async function send(method, path, body) {
+  const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  return checked(await fetch(`api/${path}`, init));
+}
+
+// The server's OpenAI routes (files, fine-tuning jobs, chat): `init.body` may be FormData or a
+// JSON-able object; `init.signal` aborts.
+export async function openai(method, path, { body, params, signal } = {}) {
+  const query = params ? `?${new URLSearchParams(params)}` : "";
+  const init = { method, headers: headers(), signal };
+  if (body instanceof FormData) init.body = body;
+  else if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  return checked(await fetch(`${openaiBase}${path}${query}`, init));
+}
+
+// A streamed chat completion: calls onDelta(text) for each piece of the answer as the server
+// sends it (server-sent events, read from the response body), resolves with the whole answer.
+export async function streamChat(body, onDelta, signal) {
+  const response = await openai("POST", "chat/completions", { body: { ...body, stream: true }, signal });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  let answer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffered += decoder.decode(value, { stream: true });
+    const events = buffered.split(/\r?\n\r?\n/);
+    buffered = events.pop();
+    let piece = "";
+    for (const event of events) {
+      const data = event.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+      if (!data || data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new ApiError(500, chunk.error.message || "the stream failed", chunk);
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && typeof delta.content === "string") piece += delta.content;
+    }
+    if (piece) {
+      answer += piece;
+      onDelta(answer);
+    }
+  }
+  return answer;
+}
+
+// The raw bytes of a file sent to one /ui/api route (the file check).
+export async function postFile(path, file, params = {}) {
+  const response = await fetch(`api/${path}?${new URLSearchParams(params)}`, {
+    method: "POST", headers: headers({ "Content-Type": "application/octet-stream" }), body: file });
+  return (await checked(response)).json();
 }
 
 export async function get(path, params = {}) {

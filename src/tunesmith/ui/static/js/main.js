@@ -1,7 +1,10 @@
-// The page's router: #/runs, #/run?path=..., #/compare, #/playground, #/review[/ID[/results]].
+// The page's router: #/runs, #/run?path=..., #/compare, #/playground, #/review[/ID[/results]],
+// #/jobs, #/job/ID, #/models[?name=...].
 
-import { apiKey, get, onUnauthorized, setApiKey } from "./api.js";
+import { apiKey, onUnauthorized, setApiKey, uiInfo } from "./api.js";
 import { clear, el } from "./dom.js";
+import { jobPage, jobsPage } from "./jobs.js";
+import { modelsPage } from "./models.js";
 import { playgroundPage } from "./playground.js";
 import { reviewListPage, reviewResultsPage, reviewSessionPage } from "./review.js";
 import { comparePage, runPage, runsPage } from "./runs.js";
@@ -38,18 +41,23 @@ function parse(hash) {
 
 async function route() {
   if (pageState.timer) clearInterval(pageState.timer);
+  if (pageState.abort) pageState.abort.abort();
   pageState = {};
   const { parts, params } = parse(location.hash);
   const section = parts[0] || "runs";
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.section === section ||
-    (section === "run" && a.dataset.section === "runs")));
+    (section === "run" && a.dataset.section === "runs") || (section === "job" && a.dataset.section === "jobs")));
   clear(view);
   const page = el("div", { class: "page", "data-page": section });
   view.append(page);
   try {
+    await uiInfo();
     if (section === "run") await runPage(page, params, pageState);
     else if (section === "compare") await comparePage(page, params);
-    else if (section === "playground") await playgroundPage(page);
+    else if (section === "playground") await playgroundPage(page, pageState);
+    else if (section === "jobs") await jobsPage(page, pageState);
+    else if (section === "job" && parts[1]) await jobPage(page, parts[1], pageState);
+    else if (section === "models") await modelsPage(page, params);
     else if (section === "review" && parts[1] && parts[2] === "results") await reviewResultsPage(page, parts[1]);
     else if (section === "review" && parts[1]) await reviewSessionPage(page, parts[1]);
     else if (section === "review") await reviewListPage(page);
@@ -63,7 +71,7 @@ async function route() {
 
 async function start() {
   try {
-    const info = await get("info");
+    const info = await uiInfo();
     if (info.auth_required && !apiKey()) keyForm.hidden = false;
     document.title = `tunesmith ${info.version}`;
   } catch (error) {

@@ -1,7 +1,8 @@
 // Playground: the same conversation sent to two models (say the base and a tuned adapter) with the
-// same sampling settings, answers side by side, and the prompt exactly as the chat template renders it.
+// same sampling settings, answers side by side as they stream in token by token (Stop aborts
+// both), and the prompt exactly as the chat template renders it.
 
-import { get, post } from "./api.js";
+import { get, post, streamChat } from "./api.js";
 import { clear, el, messageView } from "./dom.js";
 
 function numberInput(id, label, value, attrs) {
@@ -19,7 +20,15 @@ function pane(side, models, selected) {
   return { side, select, log, rendered, history, root: el("div", { class: "pane" }, el("label", {}, "Model ", select), log, rendered) };
 }
 
-export async function playgroundPage(view) {
+// The answer being written: shown as it grows, styled as an assistant message, but marked pending
+// (role-pending) until it is complete and joins the conversation.
+function pendingAnswer(log) {
+  const text = el("div", { class: "text" });
+  log.append(el("div", { class: "message role-pending streaming" }, el("span", { class: "role" }, "assistant"), text));
+  return text;
+}
+
+export async function playgroundPage(view, state = {}) {
   view.append(el("h1", {}, "Playground"));
   let models;
   try {
@@ -48,24 +57,47 @@ export async function playgroundPage(view) {
   const settings = () => ({ temperature: Number(temperature.value), top_p: Number(topP.value),
     max_tokens: Number(maxTokens.value), seed: Number(seed.value) });
 
+  const stop = el("button", { id: "stop", type: "button", class: "secondary", disabled: true }, "Stop");
   const send = async () => {
     const text = message.value;
-    if (!text.trim()) return;
-    status.textContent = "Generating…";
+    if (!text.trim() || state.abort) return;
     const shared = settings();
-    try {
-      const answers = await Promise.all(panes().map((p) =>
-        post("chat", { model: p.select.value, messages: conversation(p, text), ...shared })));
-      panes().forEach((p, i) => {
-        p.history.push({ role: "user", content: text }, { role: "assistant", content: answers[i].content });
-        clear(p.log).append(messageView(p.history));
-      });
-      message.value = "";
-      status.textContent = "";
-    } catch (error) {
-      status.textContent = `Error: ${error.message}`;
-    }
+    const active = panes();
+    const controller = new AbortController();
+    state.abort = controller;
+    stop.disabled = false;
+    view.dataset.streaming = "true";
+    status.textContent = "Generating…";
+    message.value = "";
+    const results = await Promise.allSettled(active.map(async (p) => {
+      const messages = conversation(p, text);
+      p.history.push({ role: "user", content: text });
+      clear(p.log).append(messageView(p.history));
+      const shown = pendingAnswer(p.log);
+      let partial = "";
+      try {
+        return await streamChat({ model: p.select.value, messages, ...shared },
+          (sofar) => { partial = sofar; shown.textContent = sofar; }, controller.signal);
+      } catch (error) {
+        if (error.name === "AbortError") return partial; // stopped: keep what was written
+        p.history.pop();
+        throw error;
+      } finally {
+        shown.parentElement.remove();
+      }
+    }));
+    active.forEach((p, i) => {
+      if (results[i].status === "fulfilled") p.history.push({ role: "assistant", content: results[i].value });
+      clear(p.log).append(messageView(p.history));
+    });
+    const failed = results.find((r) => r.status === "rejected");
+    status.textContent = failed ? `Error: ${failed.reason.message}` : controller.signal.aborted ? "Stopped." : "";
+    if (failed && !message.value) message.value = text;
+    state.abort = null;
+    stop.disabled = true;
+    view.dataset.streaming = "false";
   };
+  stop.addEventListener("click", () => { if (state.abort) state.abort.abort(); });
   const showRendered = async () => {
     try {
       for (const p of panes()) {
@@ -88,7 +120,7 @@ export async function playgroundPage(view) {
     el("div", { class: "panes" }, left.root, right.root),
     message,
     el("div", { class: "toolbar" },
-      el("button", { id: "send", type: "button", onclick: send }, "Send to both"),
+      el("button", { id: "send", type: "button", onclick: send }, "Send to both"), stop,
       el("button", { id: "show-rendered", type: "button", class: "secondary", onclick: showRendered }, "Show rendered prompt"),
       el("button", { id: "reset", type: "button", class: "secondary", onclick: reset }, "New conversation")),
     status);
