@@ -153,10 +153,16 @@ def _check_same_base(source: RunSource, model_path: str, revision: Optional[str]
                         hint=f"set model: to the base it was trained on ({recorded_path}), or start from another run")
 
 
-def resolve_init(given: str, registry_path: Optional[Path], model_path: str, revision: Optional[str] = None
-                 ) -> InitSource:
+def resolve_init(given: str, registry_path: Optional[Path], model_path: str, revision: Optional[str] = None,
+                 method: str = "lora") -> InitSource:
     """`init_from` -> the weights to start from, after checking they belong to `model_path`."""
     source = resolve_run(given, registry_path)
     weights, kind = _weights(source)
+    if kind == "full" and method != "full":
+        # An adapter trained on these weights would be recorded, and served, on the original base.
+        raise RegistryError(f"init_from: {source.label} is a full fine-tune; method: {method} would train an "
+                            "adapter on its weights, which is not an adapter of model:",
+                            hint=f"continue it with method: full, or set model: {weights} (and no init_from) "
+                                 "to train an adapter on it as a new base")
     _check_same_base(source, model_path, revision)
     return InitSource(source, weights, kind)

@@ -134,7 +134,8 @@ def _setup(cfg: TrainConfig, resume, console) -> Run:
     if dist.is_main and (warning := check_fits(cfg)):
         say(f"warning: {warning}")  # the memory plan, before anything large is loaded
     objective = make_objective(cfg)
-    init = resolve_init(cfg.init_from, cfg.registry, cfg.model.path, cfg.model.revision) if cfg.init_from else None
+    init = resolve_init(cfg.init_from, cfg.registry, cfg.model.path, cfg.model.revision, cfg.method) \
+        if cfg.init_from else None
     if init is not None:
         say(f"init_from: {init.source.label} ({init.kind} in {init.weights_dir})")
 

@@ -109,6 +109,21 @@ def test_a_version_trained_on_another_base_is_refused(v1, make_config, tmp_path)
         sft.run(make_config("init_from=tickets@1", f"registry={tmp_path / 'registry.sqlite3'}", "model=default"))
 
 
+def test_a_full_fine_tune_version_continues_as_a_whole_model(make_config, tmp_path):
+    v1 = sft.run(make_config("method=full", "train.max_steps=1")).output_dir
+    registry = Registry(tmp_path / "registry.sqlite3")
+    registry.add("faq", source=f"run:{v1}", **version_fields(v1))
+    registry.close()
+    args = ["init_from=faq@1", f"registry={tmp_path / 'registry.sqlite3'}"]
+    with pytest.raises(RegistryError, match="is a full fine-tune; method: lora"):
+        sft.run(make_config(*args))
+    result = sft.run(make_config(*args, "method=full", "train.learning_rate=1e-12", "train.max_steps=1"))
+    before = load_file(str(v1 / "model" / "model.safetensors"))
+    after = load_file(str(result.output_dir / "model" / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-7) for k in before)
+    assert json.loads((result.output_dir / "manifest.json").read_text())["init_from"]["kind"] == "full"
+
+
 def test_replay_mixes_the_stated_share_of_the_previous_versions_training_data(v1, make_config, new_data, tmp_path,
                                                                               capsys):
     args = [f"data={{path: {new_data}, replay: {{share: 0.3}}}}", "init_from=tickets@1",
