@@ -47,10 +47,12 @@ def _rows(previous: dict[str, float], current: dict[str, float]) -> list[dict[st
 
 
 def evaluate(cfg, current_model, current_tokenizer, score: Callable[..., dict[str, Any]],
-             say: Callable[[str], None], reuse: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+             say: Callable[[str], None], reuse: dict[Path, dict[str, Any]], regression_task: m.TaskSpec
+             ) -> dict[str, Any]:
     """Score the previous version and the current model on the forgetting sets. `score(model,
     tokenizer, examples, task, label)` is the eval stage's scorer; `reuse` maps a data path to the
-    current model's result on it when the stage already has it (the main set, the regression set)."""
+    current model's result on it when the stage already has it (the main set, the regression set).
+    The regression set is scored as the stage scores it (`regression_task`, the main set's task)."""
     from tunesmith.models.source import load_source, resolve_source
     from tunesmith.registry.sources import resolve_run
 
@@ -60,8 +62,8 @@ def evaluate(cfg, current_model, current_tokenizer, score: Callable[..., dict[st
     sets = {"eval": data, **({"regression": Path(cfg.regression)} if cfg.regression else {})}
     examples = {name: gen.read_examples(path, cfg.limit if name == "eval" else None) for name, path in sets.items()}
     schema = m.load_schema(cfg.json_schema)
-    tasks = {name: m.detect_task([ex.reference for ex in exs], json_fields=cfg.json_fields, labels=cfg.labels,
-                                 schema=schema) for name, exs in examples.items()}
+    tasks = {"eval": m.detect_task([ex.reference for ex in examples["eval"]], json_fields=cfg.json_fields,
+                                   labels=cfg.labels, schema=schema), "regression": regression_task}
 
     current = {}
     for name, exs in examples.items():

@@ -207,7 +207,7 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
         reuse = {Path(cfg.data).resolve(): tuned, **({Path(cfg.regression).resolve(): reg_tuned} if reg_tuned else {})}
         result["forgetting"] = forgetting.evaluate(
             cfg, models.tuned, tokenizer, lambda model, tok, exs, t, label: _evaluate(model, tok, exs, cfg, t, label),
-            say, reuse)
+            say, reuse, task)
 
     if cfg.lm_eval_tasks:
         from tunesmith.eval.harness import run_lm_eval

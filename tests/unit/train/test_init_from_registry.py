@@ -143,6 +143,8 @@ def test_replay_mixes_the_stated_share_of_the_previous_versions_training_data(v1
     # The mixed set is the run's recorded training file, so replaying this run includes v1's examples.
     assert record["inputs"]["data"][0]["path"] == str(result.output_dir / "replay" / "train.jsonl")
     assert "replay: 14 new examples and 6 from tickets@1 (30.0% replayed" in capsys.readouterr().err
+    lineage = version_fields(result.output_dir)["hyperparameters"]  # what `models add` records for v2
+    assert lineage["init_from"] == "tickets@1" and lineage["replay"]["replayed"] == 6
     again = sft.run(make_config(*args))
     assert _rows(again.output_dir / "replay" / "train.jsonl") == mixed  # the seed decides, nothing else
 
