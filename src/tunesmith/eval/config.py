@@ -72,6 +72,15 @@ class EvalConfig(StrictModel):
         None, description="JSONL of prompts the base handled well")
     regression_min_score: Optional[float] = Field(
         None, description="score below which a regression prompt counts as failed (default 1.0, or 50 chrF for text)")
+    forgetting: Annotated[Optional[str], Flag("--forgetting")] = Field(
+        None, description="previous version (NAME@VERSION, NAME or a run dir): score it and this model side by "
+                          "side on its eval set and the regression set")
+    forgetting_data: Annotated[Optional[Path], Flag("--forgetting-data")] = Field(
+        None, description="the previous version's eval set (default: the test split beside the data its run "
+                          "trained on, else its validation file)")
+    registry: Annotated[Optional[Path], Flag("--registry")] = Field(
+        None, description="registry database for --forgetting names (default: $TUNESMITH_REGISTRY, else "
+                          "~/.tunesmith/registry.sqlite3)")
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     lm_eval_tasks: Annotated[list[str], Flag("--lm-eval")] = Field(
         default_factory=list, description="lm-evaluation-harness tasks, comma-separated (needs lm-eval)")

@@ -143,6 +143,10 @@ def _sections(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             text += (f"\n\n- **#{f['index']}** {prompt[:200]!r}\n  - reference: `{f['reference'][:200]}`"
                      f"\n  - tuned: `{f['tuned_output'][:200]}`")
         sections.append(("Regressions", text))
+    if metrics.get("forgetting"):
+        from tunesmith.eval.forgetting import markdown as forgetting_markdown
+
+        sections.append(("Forgetting", forgetting_markdown(metrics["forgetting"])))
     harness = metrics.get("lm_eval")
     if harness:
         lines = ["| task | metric | " + " | ".join(harness.keys()) + " |", "|---|---|" + "---|" * len(harness)]

@@ -114,7 +114,24 @@ class EvalResult:
         if "regression" in result:
             console.print(f"regressions: {result['regression']['tuned_failed']} of {result['regression']['prompts']} "
                           "prompts the base handled well now fail")
+        if "forgetting" in result:
+            _print_forgetting(console, result["forgetting"])
         console.print(f"wrote {self.out}/ (metrics.json, samples.jsonl, report.md, report.html)", markup=False)
+
+
+def _print_forgetting(console: Console, forgetting: dict[str, Any]) -> None:
+    for name, entry in forgetting["sets"].items():
+        table = Table(title=f"forgetting: {forgetting['previous']} vs this model on the {name} set "
+                            f"({entry['examples']} examples)")
+        for column in ("metric", "previous", "current", "delta", ""):
+            table.add_column(column, justify="left" if column in ("metric", "") else "right")
+        for row in entry["rows"]:
+            table.add_row(row["metric"], f"{row['previous']:.4g}", f"{row['current']:.4g}", f"{row['delta']:+.4g}",
+                          row["change"])
+        console.print(table)
+        if name == "regression":
+            console.print(f"regression prompts passed: previous {entry['previous_passed']}, current "
+                          f"{entry['current_passed']} of {entry['examples']}", markup=False)
 
 
 def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
@@ -171,6 +188,7 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
         result["judge"] = run_judge(cfg.judge, [ex.prompt for ex in examples], [ex.reference for ex in examples],
                                     tuned["outputs"], base["outputs"])
 
+    reg_tuned = None
     if regression_examples is not None:
         reg_tuned = _evaluate(models.tuned, tokenizer, regression_examples, cfg, task, "regression set, tuned")
         reg_base = None
@@ -182,6 +200,14 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
             [ex.prompt for ex in regression_examples], [ex.reference for ex in regression_examples],
             reg_tuned["outputs"], reg_tuned["scores"], task, min_score,
             base_outputs=reg_base["outputs"] if reg_base else None, base=reg_base["scores"] if reg_base else None)
+
+    if cfg.forgetting:
+        from tunesmith.eval import forgetting
+
+        reuse = {Path(cfg.data).resolve(): tuned, **({Path(cfg.regression).resolve(): reg_tuned} if reg_tuned else {})}
+        result["forgetting"] = forgetting.evaluate(
+            cfg, models.tuned, tokenizer, lambda model, tok, exs, t, label: _evaluate(model, tok, exs, cfg, t, label),
+            say, reuse, task)
 
     if cfg.lm_eval_tasks:
         from tunesmith.eval.harness import run_lm_eval
@@ -217,6 +243,8 @@ def run(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResult:
         inputs["model"] = source.weights
     if cfg.regression:
         inputs["regression"] = cfg.regression
+    if "forgetting" in result:
+        inputs["forgetting"] = [Path(e["data"]) for e in result["forgetting"]["sets"].values()]
     write_stage_record(out, "eval", cfg, inputs=inputs, outputs=written, seed=cfg.generation.seed,
                        extra={"model": source.given, "base_model": cfg.base or source.base})
     return EvalResult(out, result)

@@ -139,6 +139,10 @@ def report(name: str = typer.Argument(..., help="NAME: every version of it that 
            log: Path = typer.Option(Path("tunesmith-request-log.sqlite3"), "--log", help="Request log database."),
            window: str = typer.Option("24h", "--window", help="How far back: 24h, 7d..."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+           html: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML page with a chart per rate "
+                                               "over time (inline SVG, opens offline)."),
+           every: Optional[str] = typer.Option(None, "--every", help="Width of each chart point's window: 1h, "
+                                               "30m... (default: a twelfth of --window)."),
            registry: Optional[Path] = RegistryOpt) -> None:
     """Drift per version: JSON validity, stop rate, answer length, thumbs-down rate vs its gate baseline."""
     import time
@@ -151,8 +155,20 @@ def report(name: str = typer.Argument(..., help="NAME: every version of it that 
         raise typer.BadParameter(f"request log {log} does not exist", param_hint="--log")
     request_log = RequestLog(RequestLogConfig(path=log))
     now = time.time()
-    result = drift_report(request_log, name, window_s=now - parse_since(window, now),
-                          history=_aliases(registry).history(name), now=now)
+    window_s = now - parse_since(window, now)
+    history_entries = _aliases(registry).history(name)
+    result = drift_report(request_log, name, window_s=window_s, history=history_entries, now=now)
+    if html is not None:
+        from tunesmith.registry import drift_page
+        from tunesmith.registry.drift import baselines, timeline
+
+        every_s = now - parse_since(every, now) if every else window_s / 12
+        if not 0 < every_s <= window_s:
+            raise typer.BadParameter(f"{every} is not a duration within --window {window}", param_hint="--every")
+        series = timeline(request_log, name, window_s=window_s, every_s=every_s, now=now)
+        drift_page.write(html, result, series, baselines(history_entries))
+        if not as_json:
+            console.print(f"wrote {html}", markup=False, highlight=False)
     request_log.close()
     if as_json:
         console.print_json(json.dumps(result))

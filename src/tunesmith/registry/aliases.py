@@ -238,7 +238,8 @@ class Aliases:
 
 
 def version_for_init(registry: Registry, ref: str) -> str:
-    """What `train.init_from: NAME@VERSION` (or NAME@ALIAS) continues from: the run directory of
+    """What `train.init_from: NAME@VERSION` (or NAME, NAME:ALIAS) continues from: the run directory of
     that version, so training reads its adapter, tokenizer and template like `init_from: RUN_DIR`."""
-    version = registry.get(ref) if "@" in ref else registry.get(f"{ref}@{PRODUCTION}")
-    return version.run_dir
+    from tunesmith.registry.sources import resolve_version
+
+    return resolve_version(registry, ref, "init_from").run_dir

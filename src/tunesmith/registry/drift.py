@@ -69,6 +69,26 @@ def report(request_log: RequestLog, model: str, *, window_s: float = 86400.0,
     return {"model": model, "window_s": window_s, "versions": versions}
 
 
+def timeline(request_log: RequestLog, model: str, *, window_s: float, every_s: float,
+             now: Optional[float] = None) -> dict[str, Any]:
+    """The rates per version in consecutive windows of `every_s` seconds over the last `window_s`:
+    {"start", "every_s", "windows": n, "versions": {ref: [{"window", "start", **rates}, ...]}}. A
+    version gets a point only for the windows in which it answered."""
+    if every_s <= 0 or window_s <= 0:
+        raise ValueError("window and step must be positive")
+    now = time.time() if now is None else now
+    count = max(1, int(-(-window_s // every_s)))  # ceil: the last window ends now
+    start = now - count * every_s
+    buckets: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in request_log.exchanges(model, start):
+        buckets[min(int((row["at"] - start) // every_s), count - 1)].append(row)
+    versions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for index in sorted(buckets):
+        for served, rates in version_rates(buckets[index]).items():
+            versions[served].append({"window": index, "start": start + index * every_s, **rates})
+    return {"model": model, "start": start, "every_s": every_s, "windows": count, "versions": dict(versions)}
+
+
 class DriftCollector:
     """Prometheus collector: `tunesmith_drift{version, measure}` over the last `window_s` seconds,
     computed from the request log when /metrics is scraped."""

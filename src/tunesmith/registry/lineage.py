@@ -71,6 +71,12 @@ def version_fields(run_dir: str | Path) -> dict[str, Any]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     train = (config or {}).get("train", {})
     base = manifest.get("base_model") or {}
+    lineage = {}
+    if manifest.get("init_from"):  # the version this one continued, and how much of its data it replayed
+        lineage["init_from"] = manifest["init_from"].get("ref") or manifest["init_from"].get("run_dir")
+    if manifest.get("data_replay"):
+        replay = manifest["data_replay"]
+        lineage["replay"] = {k: replay.get(k) for k in ("ref", "run_dir", "share", "replayed", "new")}
     return {
         "run_dir": str(run_dir),
         "weights_path": str(weights),
@@ -78,7 +84,8 @@ def version_fields(run_dir: str | Path) -> dict[str, Any]:
         "base_sha256": base.get("weights_sha256"),
         "training_file_sha256": _file_hash(manifest, "train.jsonl"),
         "validation_file_sha256": _file_hash(manifest, "val.jsonl"),
-        "hyperparameters": {"method": manifest.get("method"), **{k: train[k] for k in HYPERPARAMETER_KEYS if k in train}},
+        "hyperparameters": {"method": manifest.get("method"), **{k: train[k] for k in HYPERPARAMETER_KEYS if k in train},
+                            **lineage},
         "metrics": _metrics(run_dir, manifest),
         "manifest_chain": _chain(run_dir),
     }

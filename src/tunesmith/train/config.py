@@ -26,6 +26,14 @@ class LoraSettings(StrictModel):
     modules_to_save: list[str] = Field(default_factory=list)
 
 
+class ReplaySettings(StrictModel):
+    """A share of a previous version's training data mixed into the new set, against forgetting."""
+
+    source: Optional[str] = Field(None, description="NAME@VERSION, NAME[:ALIAS] or a training run directory whose "
+                                  "recorded train.jsonl is replayed; default: init_from")
+    share: float = Field(..., gt=0.0, lt=1.0, description="share of the mixed training examples taken from it")
+
+
 class TrainDataSettings(StrictModel):
     """A directory written by `tunesmith data prepare`, or raw files prepared on the way."""
 
@@ -33,6 +41,7 @@ class TrainDataSettings(StrictModel):
     val_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="validation share when raw files are prepared")
     mix_ratio: Optional[float] = Field(None, gt=0.0, lt=1.0, description="objective pretrain: share of trained "
                                        "tokens from the conversations in the data (the rest: the text corpus)")
+    replay: Optional[ReplaySettings] = Field(None, description="mix in examples a previous version trained on")
 
     @model_validator(mode="before")
     @classmethod
@@ -98,8 +107,11 @@ class TrainConfig(StrictModel):
     method: Literal["lora", "qlora", "full"] = "lora"
     objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "pretrain"] = Field(
         "sft", description="what the run optimises: sft on conversations, or a preference loss on pairs / KTO rows")
-    init_from: Optional[Path] = Field(None, description="a LoRA training run to continue from (its adapter starts "
-                                      "the run and, frozen, is the dpo/kto reference)")
+    init_from: Optional[str] = Field(None, description="a training run directory, or a registry model NAME@VERSION "
+                                     "(or NAME[:ALIAS]), to continue from: its adapter (or full model), tokenizer "
+                                     "and template start the run and, frozen, are the dpo reference")
+    registry: Optional[Path] = Field(None, description="registry database for init_from / data.replay names; "
+                                     "default: $TUNESMITH_REGISTRY, else ~/.tunesmith/registry.sqlite3")
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)

@@ -20,9 +20,15 @@ class TrainingData:
     files: list[Path]
     manifest: Path | None
     prepared_here: bool = False
+    replay: dict[str, Any] | None = None  # data.replay's counts, for the log and the manifest
 
     def describe(self) -> str:
         text = f"{len(self.train_rows)} training and {len(self.val_rows)} validation examples from {self.directory}"
+        if self.replay is not None:
+            r = self.replay
+            text += (f"; replay: {r['new']} new examples and {r['replayed']} from {r['ref'] or r['run_dir']} "
+                     f"({100 * r['share']:.1f}% replayed, {r['requested_share']:g} asked"
+                     + (f"; only {r['available']} there" if r["replayed"] < r["wanted"] else "") + ")")
         if self.prepared_here and self.manifest is not None:
             counts = json.loads(self.manifest.read_text())["counts"]
             rejected = sum(counts.get("rejected", {}).values())
@@ -70,9 +76,16 @@ def load_training_data(cfg: TrainConfig, out: Path, dist) -> TrainingData:
     val_path = directory / "val.jsonl"
     val = read_jsonl(val_path) if val_path.is_file() else []
     files = [f for f in (directory / "train.jsonl", val_path) if f.is_file()]
+    replay = None
+    if cfg.data.replay is not None:  # the mixed set is the run's training file, so a later replay includes it
+        from tunesmith.registry.replay import replay_for_training
+
+        train, mixed_file, replay = replay_for_training(cfg, train, out, write=dist.is_main)
+        dist.barrier()
+        files = [mixed_file, *files[1:]]
     manifest = directory / "manifest.json"
     return TrainingData(train, val, directory, files, manifest if manifest.is_file() else None,
-                        prepared_here=directory == out / "data")
+                        prepared_here=directory == out / "data", replay=replay)
 
 
 def _prepare(cfg: TrainConfig, paths: list[Path], directory: Path) -> None:

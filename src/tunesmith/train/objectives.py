@@ -69,13 +69,6 @@ class _PreferenceBase:
 
     # -- model
 
-    def wrap_model(self, model, chat, dist):
-        if self.cfg.init_from is None:
-            return None
-        from tunesmith.train.adapters import load_adapter_for_training
-
-        return load_adapter_for_training(model, self.cfg, Path(self.cfg.init_from), device=dist.device)
-
     def before_training(self, r) -> None:
         if r.sharding.name in ("fsdp", "deepspeed_zero3"):
             raise TrainingError(

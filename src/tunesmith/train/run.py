@@ -32,7 +32,8 @@ from tunesmith.plan import check_fits
 from tunesmith.models.loading import load_model, load_tokenizer, resolve_model_path, weights_fingerprint, weights_stamp
 from tunesmith.serve.engines.compat import check_training as check_serve_compat
 from tunesmith.train import checkpoint_errors, distributed
-from tunesmith.train.adapters import apply_method, count_parameters
+from tunesmith.registry.sources import resolve_init
+from tunesmith.train.adapters import apply_method, count_parameters, load_adapter_for_training
 from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_checkpoint
 from tunesmith.train.data import TrainingData, load_training_data
 from tunesmith.train.environment import Dist, autocast_for, seed_everything, setup_distributed
@@ -82,6 +83,7 @@ class Run:
     resumed: bool
     trainable: int
     total: int
+    init: Any = None  # init_from, resolved (tunesmith.registry.sources.InitSource)
 
     @property
     def checkpoints(self) -> Path:
@@ -132,15 +134,22 @@ def _setup(cfg: TrainConfig, resume, console) -> Run:
     if dist.is_main and (warning := check_fits(cfg)):
         say(f"warning: {warning}")  # the memory plan, before anything large is loaded
     objective = make_objective(cfg)
+    init = resolve_init(cfg.init_from, cfg.registry, cfg.model.path, cfg.model.revision, cfg.method) \
+        if cfg.init_from else None
+    if init is not None:
+        say(f"init_from: {init.source.label} ({init.kind} in {init.weights_dir})")
 
     data = load_training_data(cfg, out, dist)
     say(f"data: {data.describe()}")
 
-    tokenizer = load_tokenizer(cfg.model)
+    # A run that continues another starts from its tokenizer and chat template (and, for a full
+    # model, its weights), saved beside its weights.
+    tokenizer = load_tokenizer(cfg.model) if init is None else init.load_tokenizer(cfg.model.trust_remote_code)
     sharding = distributed.for_run(cfg, dist)
-    model = load_model(cfg.model, device=sharding.load_device, compute_device=dist.device)
+    start = cfg.model if init is None or init.kind != "full" else cfg.model.model_copy(update={"path": str(init.weights_dir)})
+    model = load_model(start, device=sharding.load_device, compute_device=dist.device)
     chat = prepare_chat_model(tokenizer, model)
-    model = _wrap_for_method(cfg, model, chat, dist, objective)
+    model = _wrap_for_method(cfg, model, chat, dist, init)
     trainable, total = count_parameters(model)
     say(f"model: {cfg.model.path} ({cfg.method}, objective {objective.name}); trainable parameters "
         f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
@@ -182,19 +191,16 @@ def _setup(cfg: TrainConfig, resume, console) -> Run:
     r = Run(cfg=cfg, dist=dist, out=out, say=say, console=console, data=data, tokenizer=tokenizer, model=model,
             optimizer=optimizer, sharding=sharding, objective=objective, plan=plan, val_set=val_set,
             val_batches=val_batches,
-            state=state, resumed=resume_from is not None, trainable=trainable, total=total)
+            state=state, resumed=resume_from is not None, trainable=trainable, total=total, init=init)
     prepare = getattr(objective, "before_training", None)
     if prepare is not None:  # e.g. reference log-probabilities for full fine-tuning
         prepare(r)
     return r
 
 
-def _wrap_for_method(cfg: TrainConfig, model, chat, dist: Dist, objective):
-    wrap = getattr(objective, "wrap_model", None)
-    if wrap is not None:  # an objective that starts from an earlier run's adapter
-        wrapped = wrap(model, chat, dist)
-        if wrapped is not None:
-            return wrapped
+def _wrap_for_method(cfg: TrainConfig, model, chat, dist: Dist, init):
+    if init is not None and init.kind == "adapter":  # continue the earlier run's adapter
+        return load_adapter_for_training(model, cfg, init.weights_dir, device=dist.device)
     return apply_method(model, cfg, extra_modules_to_save=chat.modules_to_save,
                         tied_embeddings=chat.tied_embeddings, device=dist.device)
 
@@ -377,6 +383,8 @@ def _save_outputs(r: Run, stopped_early: bool) -> None:
             "skipped_steps": state.skipped_steps,
             "distributed": state.distributed or {"world_size": 1},
             **({"data_mix": r.objective.mix} if getattr(r.objective, "mix", None) else {}),
+            **({"data_replay": r.data.replay} if r.data.replay is not None else {}),
+            **({"init_from": r.init.record()} if r.init is not None else {}),
         },
     )
 

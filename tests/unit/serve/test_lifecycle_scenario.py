@@ -1,12 +1,9 @@
 """The lifecycle loop on the embedded model, with clients hammering `tickets` throughout:
-v1 trained and promoted -> traffic with feedback and corrections -> `data from-logs` -> v2
-continued from v1's adapter on the new data plus a replay of v1's training data -> the gate
-passes -> canary 10% -> promote -> rollback. No request fails, every alias change is in the
+v1 trained (`tunesmith train`), registered and promoted -> traffic with feedback and corrections
+(streamed answers among them) -> `data from-logs` -> v2 trained by `tunesmith train` with
+`init_from: tickets@1` on the new data plus a replay of v1's training data (`data.replay`) -> the
+gate passes -> canary 10% -> promote -> rollback. No request fails, every alias change is in the
 history, and no personal data reaches the request log or the registry unredacted.
-
-v2's training here continues v1's adapter with the test helpers' few-step loop: `train.init_from`
-(which resolves `NAME@VERSION` with `tunesmith.registry.aliases.version_for_init`) belongs to the
-training stage.
 """
 
 from __future__ import annotations
@@ -17,11 +14,13 @@ import threading
 from pathlib import Path
 
 import httpx
-import torch
+import pytest
+import yaml
 from serve_helpers import LiveServer, wait_for
-from tuned_helpers import _save_run, _train, lora_run, one_thread, ticket_examples, write_jsonl
+from tuned_helpers import one_thread, ticket_examples, write_jsonl
 
-from tunesmith.registry.aliases import Aliases, version_for_init
+from tunesmith.cli import main as tunesmith
+from tunesmith.registry.aliases import Aliases
 from tunesmith.registry.feedback import RequestLogConfig
 from tunesmith.registry.from_logs import FromLogsConfig
 from tunesmith.registry.from_logs import run as from_logs
@@ -40,18 +39,24 @@ def _small_eval(version, data, regression, out):
                           generation=GenerationSettings(max_new_tokens=24)), say=lambda _: None).metrics
 
 
-def _continue_training(init_run: str, conversations, out: Path) -> Path:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _tunesmith(*argv: str) -> None:
+    """`tunesmith ARGV...` in this process, as a shell would run it."""
+    with pytest.raises(SystemExit) as exit_info:
+        tunesmith(list(argv))
+    assert (exit_info.value.code or 0) == 0, argv
 
-    adapter = Path(init_run) / "adapter"
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    base = AutoModelForCausalLM.from_pretrained(json.loads((Path(init_run) / "manifest.json").read_text())
-                                                ["base_model"]["path"])
-    model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
-    torch.manual_seed(0)
-    _train(model, tokenizer, conversations, steps=4, lr=2e-3)
-    return _save_run(out, model, tokenizer, "lora")
+
+def _train(tmp_path: Path, name: str, data: dict, steps: int, learning_rate: float, batch: int, **extra) -> Path:
+    config = {"model": "default", "data": data, "output_dir": str(tmp_path / name),
+              "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+              "train": {"max_steps": steps, "learning_rate": learning_rate, "micro_batch_size": batch,
+                        "max_seq_len": 256, "lr_scheduler": "constant", "warmup_ratio": 0.0, "packing": False},
+              **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with one_thread():
+        _tunesmith("train", str(path))
+    return tmp_path / name
 
 
 def _stored(path: Path) -> str:
@@ -63,11 +68,24 @@ def _stored(path: Path) -> str:
         conn.close()
 
 
+def _ask(http: httpx.Client, body: dict, stream: bool) -> dict:
+    """A chat answer as {"id", "model"}, streamed or not."""
+    if not stream:
+        return http.post("/v1/chat/completions", json=body).json()
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    return {"id": chunks[0]["id"], "model": chunks[0]["model"]}
+
+
 def test_the_lifecycle_loop_with_clients_hammering_the_alias(tmp_path):
-    aliases = Aliases(Registry(tmp_path / "registry.sqlite3"))
+    registry_path = tmp_path / "registry.sqlite3"
     gate_set = write_jsonl(tmp_path / "gate.jsonl", ticket_examples(4))
-    v1_run = lora_run()
-    aliases.registry.add("tickets", source=f"run:{v1_run}", run_dir=v1_run, weights_path=v1_run / "adapter")
+    (tmp_path / "v1-data").mkdir()
+    v1_train = write_jsonl(tmp_path / "v1-data" / "train.jsonl", ticket_examples(4))
+    v1_run = _train(tmp_path, "v1-run", {"path": str(tmp_path / "v1-data")}, steps=20, learning_rate=1e-2, batch=4)
+    _tunesmith("models", "add", str(v1_run), "--name", "tickets", "--registry", str(registry_path))
+    aliases = Aliases(Registry(registry_path))
     aliases.promote("tickets@1", actor="release-bot")
 
     log_path = tmp_path / "request-log.sqlite3"
@@ -93,12 +111,11 @@ def test_the_lifecycle_loop_with_clients_hammering_the_alias(tmp_path):
         for worker in workers:
             worker.start()
         try:
-            # Traffic with feedback: two answers approved, two corrected.
+            # Traffic with feedback: two answers approved, two corrected; two of them streamed.
             with httpx.Client(base_url=server.url, timeout=120) as http:
                 for i, conversation in enumerate(ticket_examples(8)[4:]):
-                    answer = http.post("/v1/chat/completions", json={
-                        "model": "tickets", "max_tokens": 8, "temperature": 0,
-                        "messages": conversation[:-1]}).json()
+                    answer = _ask(http, {"model": "tickets", "max_tokens": 8, "temperature": 0,
+                                         "messages": conversation[:-1]}, stream=i % 2 == 1)
                     rating = {"rating": "up"} if i < 2 else {
                         "rating": "down", "correction": conversation[-1]["content"],
                         "comment": f"customer {EMAIL} complained"}
@@ -109,13 +126,17 @@ def test_the_lifecycle_loop_with_clients_hammering_the_alias(tmp_path):
 
             data = from_logs(FromLogsConfig(log=log_path, model="tickets", since="1h", out=tmp_path / "v2-data"))
             assert data.counts["corrected"] == 2 and data.counts["approved"] == 2
-            new = [json.loads(line)["messages"] for split in ("train", "val", "test")
-                   for line in (tmp_path / "v2-data" / f"{split}.jsonl").read_text().splitlines()]
-            replay = ticket_examples(4)  # v1's training data, replayed against forgetting
-            with one_thread():
-                v2_run = _continue_training(version_for_init(aliases.registry, "tickets@production"),
-                                            new + replay, tmp_path / "v2-run")
-            aliases.registry.add("tickets", source=f"run:{v2_run}", run_dir=v2_run, weights_path=v2_run / "adapter")
+            # v2 continues v1 on the new data, half of its training set replayed from v1's.
+            v2_run = _train(tmp_path, "v2-run", {"path": str(tmp_path / "v2-data"), "replay": {"share": 0.5}},
+                            steps=4, learning_rate=2e-4, batch=2, init_from="tickets@1", registry=str(registry_path))
+            manifest = json.loads((v2_run / "manifest.json").read_text())
+            assert manifest["init_from"]["ref"] == "tickets@1"
+            new = len((tmp_path / "v2-data" / "train.jsonl").read_text().splitlines())
+            assert (manifest["data_replay"]["new"], manifest["data_replay"]["replayed"]) == (new, min(new, 4))
+            mixed = (v2_run / "replay" / "train.jsonl").read_text().splitlines()
+            assert len(mixed) == new + min(new, 4)
+            assert sum(line in v1_train.read_text().splitlines() for line in mixed) == min(new, 4)
+            _tunesmith("models", "add", str(v2_run), "--name", "tickets", "--registry", str(registry_path))
 
             with one_thread():
                 gate = run_gate(aliases.registry, aliases.registry.get("tickets@2"), aliases.route("tickets"),
