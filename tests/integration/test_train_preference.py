@@ -227,7 +227,7 @@ def test_two_process_ddp_dpo_matches_single_process(pref_config):
 def test_dpo_with_qlora_trains_on_cpu(pref_config, tmp_path):
     """QLoRA: the reference is the 4-bit base with the adapter disabled; the first step is log 2."""
     pytest.importorskip("bitsandbytes")
-    from tests.unit.train.conftest import build_tiny_model
+    from train_fixtures import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "tiny64", hidden=64)
     result = sft.run(pref_config(f"model={model_dir}", "method=qlora", "lora.dropout=0"))

@@ -208,7 +208,7 @@ def test_full_fine_tuning_trains_every_weight(make_config, tiny_model):
 
 def test_qlora_trains_on_cpu(make_config, tmp_path):
     pytest.importorskip("bitsandbytes")
-    from tests.unit.train.conftest import build_tiny_model
+    from train_fixtures import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "tiny64", hidden=64)
     result = sft.run(make_config(f"model={model_dir}", "method=qlora"))
