@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from serve_fixtures import adapter_dirs  # noqa: F401
+from serve_fixtures import adapter_dirs, engine_state  # noqa: F401  (`engine_state` is the `state` fixture)
 from tuned_helpers import one_thread
 
 
