@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from tunesmith.config import load_config
 from tunesmith.train.config import TrainConfig
 from tunesmith.data.preference_demo import preference_pairs
 from tunesmith.models import default_model_path
+from tunesmith.train.checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
@@ -81,3 +87,23 @@ def kto_dir(tmp_path_factory) -> Path:
         rows.append({"messages": p["prompt"] + (p["chosen"] if good else p["rejected"]), "label": good})
     (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return directory
+
+
+def train_command(*args: str) -> list[str]:
+    """`tunesmith train ARGS` as a child process runs it."""
+    return [sys.executable, "-m", "tunesmith", "train", *args]
+
+
+def kill_at_first_checkpoint(args: list[str], output_dir: Path, env: dict[str, str], timeout: float) -> Path:
+    """Start `tunesmith train ARGS`, SIGKILL it as soon as its first checkpoint is complete, and
+    return that checkpoint (the resume tests continue from it)."""
+    proc = subprocess.Popen(train_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    checkpoints = output_dir / "checkpoints"
+    deadline = time.time() + timeout
+    while latest_checkpoint(checkpoints) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = latest_checkpoint(checkpoints)
+    assert killed_at is not None, proc.stderr.read().decode()[-2000:]
+    return killed_at
