@@ -87,6 +87,10 @@ class ReportConfig(RegistryCommand):
                                                 description="request log database")
     window: Annotated[str, Flag("--window")] = Field("24h", description="how far back: 24h, 7d...")
     as_json: AsJson = Field(False, description="print JSON instead of a table")
+    html: Annotated[Optional[Path], Flag("--html")] = Field(
+        None, description="also write an HTML page with a chart per rate over time (inline SVG, opens offline)")
+    every: Annotated[Optional[str], Flag("--every")] = Field(
+        None, description="width of each chart point's window: 1h, 30m... (default: a twelfth of --window)")
 
 
 def _aliases(given: Optional[Path]) -> Aliases:
@@ -212,12 +216,14 @@ class DriftReport:
     window: str
     report: dict[str, Any]
     as_json: bool = False
+    html: Optional[Path] = None  # the chart page written, if any
 
     def summary(self) -> str:
         if self.as_json:
             return json_text(self.report)
+        wrote = f"wrote {self.html}\n" if self.html is not None else ""
         if not self.report["versions"]:
-            return f"no logged answers of {self.name} in the last {self.window}"
+            return f"{wrote}no logged answers of {self.name} in the last {self.window}"
         from rich.table import Table
 
         def pct(value):
@@ -228,11 +234,12 @@ class DriftReport:
             baseline = ", ".join(f"{k} {pct(x)}" for k, x in v["baseline"].items()) or "-"
             table.add_row(served, str(v["requests"]), pct(v["json_valid"]), pct(v["stop_rate"]),
                           f"{v['answer_chars_mean']:.0f}", pct(v["thumbs_down_rate"]), baseline)
-        return table_text(table)
+        return wrote + table_text(table)
 
 
 def report(cfg: ReportConfig) -> DriftReport:
-    """Drift per version: JSON validity, stop rate, answer length, thumbs-down rate vs its gate baseline."""
+    """Drift per version: JSON validity, stop rate, answer length, thumbs-down rate vs its gate baseline;
+    with `html`, also a page charting each rate over the window."""
     import time
 
     from tunesmith.registry.drift import report as drift_report
@@ -245,11 +252,21 @@ def report(cfg: ReportConfig) -> DriftReport:
     request_log = RequestLog(RequestLogConfig(path=cfg.log))
     now = time.time()
     try:
-        result = drift_report(request_log, cfg.name, window_s=now - parse_since(cfg.window, now),
-                              history=_aliases(cfg.registry).history(cfg.name), now=now)
+        window_s = now - parse_since(cfg.window, now)
+        history_entries = _aliases(cfg.registry).history(cfg.name)
+        result = drift_report(request_log, cfg.name, window_s=window_s, history=history_entries, now=now)
+        if cfg.html is not None:
+            from tunesmith.registry import drift_page
+            from tunesmith.registry.drift import baselines, timeline
+
+            every_s = now - parse_since(cfg.every, now) if cfg.every else window_s / 12
+            if not 0 < every_s <= window_s:
+                raise ConfigError(f"{cfg.every} is not a duration within --window {cfg.window}", where="--every")
+            series = timeline(request_log, cfg.name, window_s=window_s, every_s=every_s, now=now)
+            drift_page.write(cfg.html, result, series, baselines(history_entries))
     finally:
         request_log.close()
-    return DriftReport(cfg.name, cfg.window, result, cfg.as_json)
+    return DriftReport(cfg.name, cfg.window, result, cfg.as_json, cfg.html)
 
 
 _HERE = "tunesmith.registry.alias_cli"
