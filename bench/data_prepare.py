@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_runs import peak_rss_mb
 
 PII_SNIPPETS = (
     "Reach me at {name}.{n}@example.com.", "Call me on +1 415-555-{n:04d}.", "My card 4111 1111 1111 1111 was billed.",
@@ -88,8 +89,7 @@ def child(which: str, source: Path, out: Path) -> None:
     start, cpu_start = time.perf_counter(), time.process_time()
     examples = baseline(source, out) if which == "baseline" else tunesmith_prepare(source, out)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"examples": examples, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_mb}))
+    print(json.dumps({"examples": examples, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure(which: str, source: Path, out: Path) -> dict:

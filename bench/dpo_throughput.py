@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_runs import loop_time, print_comparison, read_metrics, report, run_variant
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "tickets" / "preference_train.jsonl"
@@ -91,20 +89,9 @@ def run_tunesmith(args) -> dict:
             "lora.r=16", "lora.alpha=32", "lora.dropout=0", "preference.beta=0.1",
         ])
         sft.run(cfg)
-        records = [json.loads(x) for x in (cfg.output_dir / "metrics.jsonl").read_text().splitlines()]
-    previous, seconds = 0, 0.0
-    for r in (r for r in records if "tokens_per_s" in r):  # each record times one logging window of the loop
-        window = r["trained_tokens"] - previous
-        previous = r["trained_tokens"]
-        seconds += window / r["tokens_per_s"]
+        _, seconds = loop_time(read_metrics(cfg.output_dir / "metrics.jsonl"))
     # The same count as TRL's (one tokenisation for both), so the ratio is the ratio of loop times.
     return {"trained_tokens": _completion_tokens(args.model, pairs, args.max_seq_len), "seconds": seconds}
-
-
-def child(args) -> None:
-    result = run_trl(args) if args.variant == "trl" else run_tunesmith(args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -116,27 +103,13 @@ def main() -> None:
     ap.add_argument("--variant", choices=["trl", "tunesmith"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
-        child(args)
+        report(run_trl(args) if args.variant == "trl" else run_tunesmith(args))
         return
-    results = {}
-    for variant in ("trl", "tunesmith"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--steps", str(args.steps),
-               "--max-seq-len", str(args.max_seq_len), "--micro-batch-size", str(args.micro_batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-        r = json.loads(line[len("RESULT "):])
-        r["tokens_per_s"] = r["trained_tokens"] / r["seconds"]
-        results[variant] = r
-    b, t = results["trl"], results["tunesmith"]
-    print(f"model {args.model}, DPO, {args.steps} steps, micro-batch {args.micro_batch_size} pairs, "
-          f"max_seq_len {args.max_seq_len}, LoRA r=16 all-linear")
-    print(f"{'':<11}{'trained tok/s':>14}{'trained tokens':>16}{'loop s':>9}{'peak RSS MB':>13}")
-    for name, r in results.items():
-        print(f"{name:<11}{r['tokens_per_s']:>14.0f}{r['trained_tokens']:>16}{r['seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}")
-    print(f"ratio tunesmith/TRL: trained tokens/s x{t['tokens_per_s'] / b['tokens_per_s']:.2f}, "
-          f"peak memory x{t['peak_rss_mb'] / b['peak_rss_mb']:.2f}")
+    passed = ["--model", args.model, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
+              "--micro-batch-size", str(args.micro_batch_size)]
+    results = {variant: run_variant(__file__, variant, passed) for variant in ("trl", "tunesmith")}
+    print_comparison(f"model {args.model}, DPO, {args.steps} steps, micro-batch {args.micro_batch_size} pairs, "
+                     f"max_seq_len {args.max_seq_len}, LoRA r=16 all-linear", results, "trl", "TRL")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,26 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(found.get(k, "").strip('"') == v for k, v in labels.items()):
             return float(value)
     return 0.0
+
+
+def greedy_answers(cfg: ServeConfig, models: list[str], *, api_key: str | None = None,
+                   load: tuple[str, str] | None = None, timeout: float = 120) -> dict[tuple[str, str], str]:
+    """Each model's greedy answer (16 tokens) to each of QUESTIONS from a live server of `cfg`;
+    `load` (name, path) hot-loads an adapter first. The real-engine tests compare these between
+    tunesmith's own engine and the engine under test."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    out = {}
+    with LiveServer(cfg) as server, httpx.Client(base_url=server.url, timeout=timeout, headers=headers) as http:
+        if load is not None:
+            response = http.post("/v1/load_lora_adapter", json={"lora_name": load[0], "lora_path": load[1]})
+            assert response.status_code == 200, response.text
+        for model in models:
+            for question in QUESTIONS:
+                response = http.post("/v1/chat/completions", json={
+                    "model": model, "messages": [{"role": "user", "content": question}],
+                    "temperature": 0, "max_tokens": 16})
+                assert response.status_code == 200, response.text
+                out[model, question] = response.json()["choices"][0]["message"]["content"]
+    return out

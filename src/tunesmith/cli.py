@@ -5,6 +5,8 @@ defaults they show come from the config fields and their `Flag` markers (`tunesm
 so an option is declared once, in the stage's package. A verb builds the typed config (YAML
 file, then flags, then `--set` overrides), calls the stage's `run(cfg)` — the same function the
 Python API exposes — prints the result's `summary()` and exits 1 when the result is not `ok`.
+A package declares its verbs (`tunesmith.verbs.Verb`, and `Group` for a command group such as
+`tunesmith models`) next to its configs; `VERBS` below lists them all.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import os
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
-from rich.console import Console
+from pydantic_core import PydanticUndefined
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from tunesmith import __version__
 from tunesmith.config import Flag, StrictModel, config_to_yaml, load_config
@@ -31,18 +34,37 @@ from tunesmith.data.config import DataInspectConfig, DataPrepareConfig, DemoData
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.config import EvalConfig
 from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
-from tunesmith.models.cli import models_app
-from tunesmith.plan.command import plan as plan_command
+from tunesmith.models.cli import MODELS
+from tunesmith.plan.config import PlanConfig
 from tunesmith.registry.from_logs import FromLogsConfig
 from tunesmith.quickstart_config import QuickstartConfig
 from tunesmith.serve.config import ServeConfig
 from tunesmith.train.config import TrainConfig
 from tunesmith.ui.config import UiConfig
+from tunesmith.verbs import Group, Verb, err_console
+from tunesmith.verbs import say as _say
+from tunesmith.verbs import say_err as _say_err
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _plain_help(option):
+    """--help reads as a plain flag (typer shows every option's type, `<bool>` too)."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _Command(TyperCommand):
+    def get_help_option(self, ctx):
+        return _plain_help(super().get_help_option(ctx))
+
+
+class _Group(TyperGroup):
+    def get_help_option(self, ctx):
+        return _plain_help(super().get_help_option(ctx))
+
 
 app = typer.Typer(
+    cls=_Group,
     name="tunesmith",
     help="Fine-tune an open LLM on your examples, check it, export it and serve it.",
     no_args_is_help=True,
@@ -60,7 +82,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="Show the version and exit."),
 ) -> None:
     """tunesmith: data -> train -> eval -> merge -> export -> serve."""
 
@@ -112,18 +135,23 @@ class _Option:
         return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
 
     def shown_default(self) -> str | bool:
-        if self.holder_default is None or self.flag.parse is not None and _section(self.target.annotation):
+        if self.holder_default in (None, PydanticUndefined) or self.flag.parse is not None and _section(self.target.annotation):
             return False
         value = self.target.get_default(call_default_factory=True)
-        if value is None or isinstance(value, (BaseModel, SecretStr)) or value in ([], {}):
+        if value is None or value is PydanticUndefined or isinstance(value, (BaseModel, SecretStr)) or \
+                value in ([], {}, ""):
             return False
         if isinstance(value, bool):
             return self.flag_names()[0].split("/")[0 if value else 1]
         return str(value)
 
+    def is_switch(self) -> bool:
+        """A bool field set by `--name/--no-name`, with no value after it."""
+        return _unwrap_optional(self.target.annotation) is bool and self.flag.parse is None and not self.flag.argument
+
     def flag_names(self) -> list[str]:
         names = list(self.flag.names) or ["--" + self.field_name.replace("_", "-")]
-        if _unwrap_optional(self.target.annotation) is bool and self.flag.parse is None:
+        if self.is_switch():
             long = next(n for n in names if n.startswith("--"))
             names = [f"{long}/--no-{long[2:]}", *(n for n in names if n != long)]
         return names
@@ -133,7 +161,8 @@ class _Option:
             info = typer.Argument(None, help=self.help_text(), show_default=self.shown_default(),
                                   metavar=self.field_name.upper())
         else:
-            info = typer.Option(None, *self.flag_names(), help=self.help_text(), show_default=self.shown_default())
+            info = typer.Option(None, *self.flag_names(), help=self.help_text(), show_default=self.shown_default(),
+                                metavar="" if self.is_switch() else None)
         return inspect.Parameter(self.ident, inspect.Parameter.KEYWORD_ONLY, default=info,
                                  annotation=self.cli_type())
 
@@ -168,33 +197,6 @@ def _options(cls: type[BaseModel], prefix: str = "") -> list[_Option]:
 
 
 # --------------------------------------------------------------------------- verbs
-
-
-@dataclass
-class Verb:
-    """A command: its config class, the stage's `run` (a function, or "module:function" imported
-    when the verb runs, so `tunesmith --help` loads no torch), and what the verb adds to the
-    generated options."""
-
-    name: str
-    config: type[StrictModel]
-    run: str | Callable[..., Any]
-    help: str
-    fixed: dict[str, Any] = field(default_factory=dict)   # config values the verb itself decides
-    hidden: tuple[str, ...] = ()                          # flagged keys this verb does not offer
-    config_argument: bool = False                         # the YAML file is the positional argument
-    extra: dict[str, tuple[Any, Callable[[Any], Any]]] = field(default_factory=dict)  # run() options
-    run_kwargs: Callable[[], dict[str, Any]] = dict      # e.g. where progress lines go
-    progress: bool = False                                # show records read while data is checked
-
-
-def _say(text: str) -> None:
-    """Stage progress lines as plain text: they quote tokens and paths that rich would read as markup."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def _say_err(text: str) -> None:
-    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 class _RecordProgress:
@@ -243,32 +245,43 @@ def resolve_config(cls: type[StrictModel], config: Optional[Path], sets: Optiona
     return cfg
 
 
-def register(group: typer.Typer, verb: Verb) -> None:
-    """Add `verb` to `group` with options generated from its config's fields."""
-    options = [o for o in _options(verb.config)
-               if o.key not in verb.hidden and o.key.split(".")[0] not in verb.fixed]
+def _file_parameters(verb: Verb) -> list[inspect.Parameter]:
+    """--config (or the positional CONFIG) and --set, for a verb whose config may come from a file."""
+    if not verb.config_file:
+        return []
     if verb.config_argument:
         config_param = typer.Argument(None, help="YAML config file (see examples/configs/).")
     else:
         config_param = typer.Option(None, "--config", "-c", help="YAML config file.")
-    params = [o.parameter() for o in options]
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=param, annotation=Optional[str])
-               for name, (param, _) in verb.extra.items()]
-    params += [
+    return [
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=config_param, annotation=Optional[Path]),
         inspect.Parameter("sets", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
                           default=typer.Option(None, "--set", help="Override a config key: --set section.key=value "
                                                                    "(repeatable).")),
-        inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, "--print-config",
-                                               help="Print the resolved config with defaults and exit.")),
     ]
+
+
+def register(group: typer.Typer, verb: Verb | Group) -> None:
+    """Add `verb` to `group` with options generated from its config's fields (a `Group`: a
+    sub-command group holding each of its verbs)."""
+    if isinstance(verb, Group):
+        group.add_typer(build_group(verb), name=verb.name)
+        return
+    options = [o for o in _options(verb.config)
+               if o.key not in verb.hidden and o.key.split(".")[0] not in verb.fixed]
+    params = [o.parameter() for o in options]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=param, annotation=Optional[str])
+               for name, (param, _) in verb.extra.items()]
+    params += _file_parameters(verb)
+    params.append(inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                    default=typer.Option(False, "--print-config", metavar="",
+                                                         help="Print the resolved config with defaults and exit.")))
 
     def command(**given: Any) -> None:
         values = dict(verb.fixed)
         for option in options:
             values.update(option.values(given[option.ident]))
-        cfg = resolve_config(verb.config, given["config"], given["sets"], given["print_config"], **values)
+        cfg = resolve_config(verb.config, given.get("config"), given.get("sets"), given["print_config"], **values)
         extras = {name: parse(given[name]) for name, (_, parse) in verb.extra.items()}
         result = _call(verb, cfg, extras)
         if result is None or os.environ.get("RANK", "0") != "0":
@@ -279,19 +292,29 @@ def register(group: typer.Typer, verb: Verb) -> None:
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = verb.help
-    group.command(verb.name)(command)
+    group.command(verb.name, cls=_Command)(command)
+
+
+def build_group(spec: Group) -> typer.Typer:
+    """A Typer app holding every verb of `spec` (mounted under `spec.name` by `register`)."""
+    group = typer.Typer(help=spec.help, no_args_is_help=True, cls=_Group)
+    for verb in spec.verbs:
+        register(group, verb)
+    return group
 
 
 def _resume(value: Optional[str]) -> bool | str | None:
     return True if value == "latest" else value
 
 
-data_app = typer.Typer(help="Generate, prepare and inspect datasets.", no_args_is_help=True)
-export_app = typer.Typer(help="Export a tuned model as GGUF for llama.cpp, or for Ollama.", no_args_is_help=True)
-check_app = typer.Typer(help="Consistency checks between training, serving and exports.", no_args_is_help=True)
+data_app = typer.Typer(help="Generate, prepare and inspect datasets.", no_args_is_help=True, cls=_Group)
+export_app = typer.Typer(help="Export a tuned model as GGUF for llama.cpp, or for Ollama.", no_args_is_help=True,
+                         cls=_Group)
+check_app = typer.Typer(help="Consistency checks between training, serving and exports.", no_args_is_help=True,
+                        cls=_Group)
 app.add_typer(data_app, name="data")
 
-VERBS: list[tuple[typer.Typer, Verb]] = [
+VERBS: list[tuple[typer.Typer, Verb | Group]] = [
     (data_app, Verb("demo", DemoDataConfig, "tunesmith.data.demo:run",
                     "Write the demo support-ticket triage dataset (ticket text -> JSON category/priority/summary).")),
     (data_app, Verb("prepare", DataPrepareConfig, "tunesmith.data.prepare:run",
@@ -332,13 +355,16 @@ VERBS: list[tuple[typer.Typer, Verb]] = [
     (app, Verb("ui", UiConfig, "tunesmith.ui.cli:run",
                "Browse runs and reports, chat with served models, and run blind A/B reviews in the browser.",
                run_kwargs=lambda: {"announce": _say_err})),
+    (app, MODELS),  # GGUF import and the model registry
+    # `plan`'s positional CONFIG and --set are the training config's (fields of PlanConfig), so
+    # it offers no config file of its own.
+    (app, Verb("plan", PlanConfig, "tunesmith.plan.command:run",
+               "Plan a training run's memory per component (weights, LoRA, gradients, optimiser, activations, "
+               "logits, KV cache), say whether it fits the GPU or this machine's RAM, and what to change if not.",
+               config_file=False)),
 ]
 app.add_typer(export_app, name="export")
 app.add_typer(check_app, name="check")
-app.add_typer(models_app, name="models")  # GGUF import and the model registry
-# `plan` takes a training config with its own --set overrides (as `train` takes them), so its
-# options are written by hand in its package rather than generated from PlanConfig.
-app.command("plan")(plan_command)
 for _group, _verb in VERBS:
     register(_group, _verb)
 

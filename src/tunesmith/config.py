@@ -138,17 +138,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _apply_override(data: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
-    node = data
+def _expand_shorthand(section: type[BaseModel] | None, value: Any) -> Any:
+    """`value` as its section's mapping, where the section reads a plain value as shorthand
+    (`data: DIR` for `data: {path: [DIR]}`): its own "before" validators say how."""
+    if section is None:
+        return value
+    for name, decorator in section.__pydantic_decorators__.model_validators.items():
+        if decorator.info.mode == "before":
+            value = getattr(section, name)(value)
+    return value
+
+
+def _apply_override(data: dict[str, Any], parts: list[str], value: Any, text: str,
+                    cls: type[BaseModel] | None = None) -> None:
+    node, model = data, cls
     for i, part in enumerate(parts[:-1]):
+        model = _model_at(model, [part]) if model is not None else None
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise ConfigError(
-                f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is a value, not a section",
-                where=f"--set {text}",
-            )
+            child = _expand_shorthand(model, child)
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is a value, not a section",
+                    where=f"--set {text}",
+                )
+            node[part] = child
         node = child
     node[parts[-1]] = value
 
@@ -228,11 +244,11 @@ def load_config(
     for key, value in (values or {}).items():
         if value is not None:
             parts = key.split(".")
-            _apply_override(data, parts, value, key)
+            _apply_override(data, parts, value, key, cls)
             source.overrides[tuple(parts)] = f"{key}={value!r}".replace("--set ", "")
     for text in overrides:
         parts, value = parse_override(text)
-        _apply_override(data, parts, value, text)
+        _apply_override(data, parts, value, text, cls)
         source.overrides[tuple(parts)] = text
     try:
         return cls.model_validate(data)

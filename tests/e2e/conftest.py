@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from serve_fixtures import adapter_dirs  # noqa: F401  (servers of two adapters)
 from serve_helpers import adapter_root
 from tuned_helpers import one_thread
 

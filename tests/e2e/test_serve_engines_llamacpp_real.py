@@ -11,7 +11,7 @@ import pytest
 from tunesmith.serve.config import EngineOptions, ServeConfig
 from tunesmith.serve.engines.llamacpp import find_llama_server
 
-from serve_helpers import QUESTIONS, LiveServer
+from serve_helpers import QUESTIONS, LiveServer, greedy_answers
 
 BINARY = find_llama_server()
 pytestmark = pytest.mark.skipif(BINARY is None, reason="no llama-server on PATH or in ~/.cache/tunesmith/llama-server "
@@ -31,23 +31,10 @@ def f16_gguf(tmp_path_factory):
     return path
 
 
-def _answers(cfg: ServeConfig, models: list[str]) -> dict[tuple[str, str], str]:
-    out = {}
-    with LiveServer(cfg) as server, httpx.Client(base_url=server.url, timeout=120) as http:
-        for model in models:
-            for question in QUESTIONS:
-                response = http.post("/v1/chat/completions", json={
-                    "model": model, "messages": [{"role": "user", "content": question}],
-                    "temperature": 0, "max_tokens": 16})
-                assert response.status_code == 200, response.text
-                out[model, question] = response.json()["choices"][0]["message"]["content"]
-    return out
-
-
 def test_greedy_answers_equal_tunesmiths_engine(root, f16_gguf):
     adapters = {"a1": str(root / "a1")}
-    reference = _answers(ServeConfig(adapters=adapters, log_level="warning"), [BASE, "a1"])
-    llama = _answers(ServeConfig(engine="llama.cpp", adapters=adapters, log_level="warning", max_batch_size=4,
+    reference = greedy_answers(ServeConfig(adapters=adapters, log_level="warning"), [BASE, "a1"])
+    llama = greedy_answers(ServeConfig(engine="llama.cpp", adapters=adapters, log_level="warning", max_batch_size=4,
                                  engine_options=EngineOptions(gguf=f16_gguf, llama_server=BINARY)), [BASE, "a1"])
     assert llama == reference
     assert any(reference[BASE, q] != reference["a1", q] for q in QUESTIONS)  # the adapter is really applied
@@ -58,7 +45,7 @@ def test_an_adapter_loaded_at_runtime_answers_like_tunesmiths_engine_and_nothing
     base requests sent all along never fail and keep their answers."""
     import threading
 
-    reference = _answers(ServeConfig(adapters={"a1": str(root / "a1")}, log_level="warning"), [BASE, "a1"])
+    reference = greedy_answers(ServeConfig(adapters={"a1": str(root / "a1")}, log_level="warning"), [BASE, "a1"])
     cfg = ServeConfig(engine="llama.cpp", log_level="warning", max_batch_size=4, adapter_root=root, api_key="k",
                       engine_options=EngineOptions(gguf=f16_gguf, llama_server=BINARY))
     auth = {"Authorization": "Bearer k"}

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import shutil
 
-import httpx
 import pytest
 import torch
 
 from tunesmith.serve.config import EngineOptions, ServeConfig
 
-from serve_helpers import QUESTIONS, LiveServer
+from serve_helpers import QUESTIONS, greedy_answers
 
 pytestmark = pytest.mark.skipif(shutil.which("vllm") is None or not torch.cuda.is_available(),
                                 reason="needs the `vllm` command and a CUDA GPU")
@@ -20,30 +19,13 @@ BASE = "tunesmith-demo-4m"
 KEY = "vllm-key"
 
 
-def _answers(cfg: ServeConfig, models: list[str], load: tuple[str, str] | None = None) -> dict:
-    out = {}
-    with LiveServer(cfg) as server, httpx.Client(base_url=server.url, timeout=300,
-                                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
-        if load is not None:
-            response = http.post("/v1/load_lora_adapter", json={"lora_name": load[0], "lora_path": load[1]})
-            assert response.status_code == 200, response.text
-        for model in models:
-            for question in QUESTIONS:
-                response = http.post("/v1/chat/completions", json={
-                    "model": model, "messages": [{"role": "user", "content": question}],
-                    "temperature": 0, "max_tokens": 16})
-                assert response.status_code == 200, response.text
-                out[model, question] = response.json()["choices"][0]["message"]["content"]
-    return out
-
-
 def test_greedy_answers_equal_tunesmiths_engine(root):
     common = dict(adapters={"a1": str(root / "a1")}, adapter_root=root, api_key=KEY, log_level="warning")
     models = [BASE, "a1", "a2"]
-    reference = _answers(ServeConfig(**common), models, load=("a2", "a2"))
+    reference = greedy_answers(ServeConfig(**common), models, api_key=KEY, load=("a2", "a2"), timeout=300)
     # fp32 like tunesmith's engine (vLLM would pick fp16 for an fp32 checkpoint); eager: a faster start
     options = EngineOptions(extra_args=["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3"])
-    vllm = _answers(ServeConfig(engine="vllm", engine_options=options, max_batch_size=8, **common), models,
-                    load=("a2", "a2"))
+    vllm = greedy_answers(ServeConfig(engine="vllm", engine_options=options, max_batch_size=8, **common), models,
+                          api_key=KEY, load=("a2", "a2"), timeout=300)
     assert vllm == reference
     assert any(reference[BASE, q] != reference["a1", q] for q in QUESTIONS)

@@ -91,16 +91,41 @@ def test_help_and_shown_default_come_from_the_field():
     assert all(p.default in (None, False) for p in command.params), "defaults live in the config, not the CLI"
 
 
+def _leaf_commands(command) -> list:
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        return [command]
+    return [leaf for sub in subcommands.values() for leaf in _leaf_commands(sub)]
+
+
+def _declared_verbs() -> list[cli.Verb]:
+    return [v for _, entry in cli.VERBS for v in (entry.verbs if isinstance(entry, cli.Group) else [entry])]
+
+
 def test_every_verb_takes_its_defaults_from_its_config():
-    group = typer.main.get_command(cli.app)
-    # `models` (GGUF import, registry) is a hand-written Typer group, not yet generated from configs;
-    # `plan` passes its --set to the training config it plans.
-    commands = [c for name, g in group.commands.items() if name not in ("models", "plan")
-                for c in (getattr(g, "commands", None) or {"": g}).values()]
-    assert len(commands) == len(cli.VERBS)
+    commands = _leaf_commands(typer.main.get_command(cli.app))
+    assert len(commands) == len(_declared_verbs())
+    assert {"models", "plan"} <= set(typer.main.get_command(cli.app).commands)
     for command in commands:
         for param in command.params:
             assert param.default in (None, False), (command.name, param.name, param.default)
+
+
+def test_help_shows_switches_as_plain_flags_and_no_default_for_required_fields():
+    """`--x/--no-x` needs no value, so --help shows no `<bool>` type for it (nor for --help
+    itself), and a required field has no default to show."""
+    paths = [["--help"]]
+    for name, command in typer.main.get_command(cli.app).commands.items():
+        subcommands = getattr(command, "commands", None) or {}
+        paths += [[name, "--help"]] + [[name, sub, "--help"] for sub in subcommands]
+    assert ["models", "promote", "--help"] in paths and ["data", "from-logs", "--help"] in paths
+    for args in paths:
+        result = CliRunner().invoke(cli.app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (args, result.output)
+        assert "<bool>" not in result.output, args
+        assert "PydanticUndefined" not in result.output and "[default: ()]" not in result.output, args
+    shown = CliRunner().invoke(cli.app, ["models", "promote", "--help"], env={"COLUMNS": "200"}).output
+    assert "--force" in shown and "--no-force" in shown and "--max-drop" in shown and "<float>" in shown
 
 
 def test_special_parsers_reject_bad_text():

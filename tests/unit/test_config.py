@@ -144,3 +144,18 @@ def test_printed_config_hides_secrets_and_can_be_reused(tmp_path):
     path.write_text(text)
     assert load_config(ServeConfig, path, []).api_key is None
     assert "# api_key" not in config_to_yaml(load_config(ServeConfig, None, []))
+
+
+def test_set_reaches_into_a_section_given_as_shorthand(tmp_path):
+    """`data: DIR` / `model: ID` in the YAML are sections: `--set data.val_ratio=...` keeps the
+    shorthand's path, and `--set data.path=...` replaces it."""
+    from tunesmith.train.config import TrainConfig
+
+    config = write(tmp_path, "model: some/base\ndata: data/prepared\n")
+    cfg = load_config(TrainConfig, config, ["data.val_ratio=0.2", "model.dtype=bf16"])
+    assert cfg.data.path == [Path("data/prepared")] and cfg.data.val_ratio == 0.2
+    assert cfg.model.path == "some/base" and cfg.model.dtype == "bf16"
+    cfg = load_config(TrainConfig, config, ["data.path=other/dir"])
+    assert cfg.data.path == [Path("other/dir")]
+    with pytest.raises(ConfigError, match="name is a value, not a section"):
+        load_config(Outer, write(tmp_path, "name: a\n"), ["name.sub=1"])

@@ -1,12 +1,14 @@
-"""`ModelConfig`: which base model a stage loads and how (every stage that loads one embeds it)."""
+"""`ModelConfig`: which base model a stage loads and how (every stage that loads one embeds it), and
+`ImportConfig`, the config of `tunesmith models import`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tunesmith.config import StrictModel
+from tunesmith.config import Flag, StrictModel
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -30,3 +32,14 @@ class ModelConfig(StrictModel):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, str) else value
+
+
+class ImportConfig(StrictModel):
+    """`tunesmith models import`: a GGUF file dequantised into a Hugging Face model directory."""
+
+    file: Annotated[Path, Flag(argument=True)] = Field(..., description="a .gguf file (llama.cpp, Ollama, LM Studio)")
+    out: Annotated[Optional[Path], Flag("--out", "-o")] = Field(
+        None, description="directory to write (default: the cache, keyed by the file's SHA-256; `model: FILE.gguf` "
+        "in a config uses the same cache)")
+    dtype: Annotated[Literal["fp32", "bf16", "fp16"], Flag("--dtype")] = Field(
+        "fp32", description="`fp32` (exact), `bf16` or `fp16` (half the disk)")

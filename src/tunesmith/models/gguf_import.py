@@ -22,9 +22,12 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tunesmith.errors import ModelError
+
+if TYPE_CHECKING:
+    from tunesmith.models.config import ImportConfig
 
 MANIFEST = "manifest.json"
 STAGE = "gguf-import"
@@ -48,6 +51,14 @@ class ImportedGGUF:
     sha256: str
     quantization: str
     reused: bool
+
+    def summary(self) -> str:
+        """The directory alone, so `$(tunesmith models import FILE.gguf)` is the path to pass on."""
+        return str(self.directory)
+
+    def describe(self) -> str:
+        state = "already imported" if self.reused else "imported"
+        return f"{state}: {self.directory} ({self.quantization} source, sha256 {self.sha256[:16]}…)"
 
 
 def file_sha256(path: Path) -> str:
@@ -199,6 +210,18 @@ def import_gguf(path: str | Path, *, out: str | Path | None = None, dtype: str =
     return ImportedGGUF(target, sha, quant["file_type"], reused=False)
 
 
+def run(cfg: "ImportConfig", say: Callable[[str], None] = print) -> ImportedGGUF:
+    """`tunesmith models import`: `cfg.file` imported (or found already imported), said through `say`."""
+    from tunesmith.errors import ConfigError
+
+    if not is_gguf_path(cfg.file):
+        raise ConfigError(f"{cfg.file} is not a .gguf file",
+                          hint="Hugging Face model directories need no import: pass them as `model:` directly")
+    result = import_gguf(cfg.file, out=cfg.out, dtype=cfg.dtype, say=say)
+    say(result.describe())
+    return result
+
+
 def resolve_gguf(path: str | Path) -> str:
     """The cached Hugging Face directory for a `.gguf` model path, importing it on first use."""
     import sys
@@ -208,4 +231,4 @@ def resolve_gguf(path: str | Path) -> str:
 
 
 __all__ = ["ImportedGGUF", "cache_root", "describe_quantization", "file_sha256", "import_gguf", "is_gguf_path",
-           "resolve_gguf"]
+           "resolve_gguf", "run"]

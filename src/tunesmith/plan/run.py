@@ -48,6 +48,11 @@ class PlanResult:
     def fits(self) -> bool:
         return self.estimate.fits
 
+    @property
+    def ok(self) -> bool:
+        """`tunesmith plan` exits 1 when the run does not fit."""
+        return self.fits
+
     def summary(self) -> str:
         e = self.estimate
         s = self.shape

@@ -228,18 +228,12 @@ def _check_layer_types(info: AdapterInfo, model) -> None:
                              "tunesmith serve supports LoRA on linear and embedding layers")
 
 
-class AdapterRegistry:
-    """Registered adapters, the LRU set of loaded ones, and the model object they live in."""
+class KnownAdapters:
+    """The adapters a server knows, by name, read from any thread (the engines' registries)."""
 
-    def __init__(self, model, *, max_loaded: int):
-        self.model = model  # the base model, or a PeftModel wrapping it once an adapter is loaded
-        self.max_loaded = max_loaded
+    def __init__(self) -> None:
         self._known: dict[str, PreparedAdapter] = {}
-        self._loaded: OrderedDict[str, None] = OrderedDict()
-        self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
-
-    # ----------------------------------------------------------- any thread
 
     def get(self, name: str) -> Optional[PreparedAdapter]:
         with self._lock:
@@ -248,6 +242,22 @@ class AdapterRegistry:
     def names(self) -> list[str]:
         with self._lock:
             return list(self._known)
+
+    def loaded_names(self) -> list[str]:
+        return self.names()
+
+
+class AdapterRegistry(KnownAdapters):
+    """Registered adapters, the LRU set of loaded ones, and the model object they live in."""
+
+    def __init__(self, model, *, max_loaded: int):
+        super().__init__()
+        self.model = model  # the base model, or a PeftModel wrapping it once an adapter is loaded
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._pins: Counter[str] = Counter()
+
+    # ----------------------------------------------------------- any thread
 
     def loaded_names(self) -> list[str]:
         with self._lock:

@@ -115,6 +115,18 @@ def served_name(cfg: ServeConfig) -> str:
     return local.resolve().name if local.exists() else cfg.model.path
 
 
+def base_target(cfg: ServeConfig, tokenizer, generation_config) -> Target:
+    """The base model as clients call it; an adapter may not take its name (requests would be ambiguous)."""
+    from tunesmith.chat.tokens import stop_token_ids
+
+    name = served_name(cfg)
+    clash = sorted({name, cfg.model.path} & set(cfg.adapters))
+    if clash:
+        raise ServeError(f"adapter name {clash[0]!r} is also the base model's name", hint="rename the adapter")
+    return Target(name=name, adapter=None, tokenizer=tokenizer,
+                  stop_ids=frozenset(stop_token_ids(tokenizer, generation_config)))
+
+
 def context_length(model, tokenizer) -> int:
     limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 10**8]
@@ -138,7 +150,6 @@ def resolve_api_key(cfg: ServeConfig) -> Optional[str]:
 
 def create_state(cfg: ServeConfig, *, model=None, tokenizer=None) -> ServeState:
     """Load the base model (unless given) and the startup adapters, and build the engine."""
-    from tunesmith.chat.tokens import stop_token_ids
     from tunesmith.serve.engine import Engine
 
     api_key = resolve_api_key(cfg)
@@ -157,19 +168,14 @@ def create_state(cfg: ServeConfig, *, model=None, tokenizer=None) -> ServeState:
     model.eval()
     device = next(model.parameters()).device
     generation_config = getattr(model, "generation_config", None)
-    name = served_name(cfg)
-    clash = sorted({name, cfg.model.path} & set(cfg.adapters))
-    if clash:
-        raise ServeError(f"adapter name {clash[0]!r} is also the base model's name", hint="rename the adapter")
-    base = Target(name=name, adapter=None, tokenizer=tokenizer,
-                  stop_ids=frozenset(stop_token_ids(tokenizer, generation_config)))
+    base = base_target(cfg, tokenizer, generation_config)
     metrics = ServeMetrics()
     registry = AdapterRegistry(model, max_loaded=cfg.max_loaded_adapters)
     state = ServeState(
         cfg=cfg, engine=Engine(registry, device=device, max_batch_size=cfg.max_batch_size,
                                max_queue=cfg.max_queue, metrics=metrics),
         registry=registry, metrics=metrics, base=base,
-        base_aliases=frozenset({name, cfg.model.path}), served_model=served_model,
+        base_aliases=frozenset({base.name, cfg.model.path}), served_model=served_model,
         context_length=context_length(model, tokenizer), vocab_size=len(tokenizer),
         generation_config=generation_config, api_key=api_key,
     )

@@ -4,7 +4,7 @@ Every function takes the summed (or, where the method says so, length-averaged) 
 of each completion under the policy, and the reference's where the method has one, and returns
 `(losses, chosen_rewards, rejected_rewards)` per example. The training loop sums the losses and
 divides by the number of examples of the whole optimiser step, so accumulation equals one
-large batch. Each formula is the one TRL 1.16 implements (tests/unit/train/test_losses_match_trl.py
+large batch. Each formula is the one TRL 1.16 implements (tests/unit/train/test_train_losses.py
 calls TRL's own code on the same batch):
 
 - DPO (Rafailov et al. 2023), `loss_type` sigmoid: -log σ(β·Δ), Δ = (log π(y_w) - log π_ref(y_w))

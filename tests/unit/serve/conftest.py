@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from serve_helpers import build_adapter
+from serve_fixtures import adapter_dirs, engine_state  # noqa: F401  (`engine_state` is the `state` fixture)
 from tuned_helpers import one_thread
-
-
-@pytest.fixture(scope="session")
-def adapter_dirs(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("serve-adapters")
-    return {"a1": str(build_adapter(root / "a1", seed=1)), "a2": str(build_adapter(root / "a2", seed=2))}
 
 
 @pytest.fixture(scope="session", autouse=True)

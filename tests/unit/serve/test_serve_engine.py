@@ -9,28 +9,19 @@ import threading
 
 import pytest
 
-from tunesmith.chat.templates import render_prompt
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import SamplingParams
 from tunesmith.serve.protocol import APIError
 from tunesmith.serve.state import create_state
 
+from serve_fixtures import prompt_ids
 from serve_helpers import QUESTIONS, metric
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 FIXED_LENGTH = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def state(adapter_dirs):
-    state = create_state(ServeConfig(adapters=adapter_dirs, max_batch_size=16, max_queue=64))
-    state.engine.start()
-    yield state
-    state.engine.shutdown()
-
-
-def _prompt(state, question: str) -> list[int]:
-    return render_prompt(state.base.tokenizer, [{"role": "user", "content": question}])
+# The engine: the `state` fixture of tests/serve_fixtures.py (through this folder's conftest).
 
 
 async def _drain(handle, count: int = 1) -> list[dict]:
@@ -59,7 +50,7 @@ def _hold(engine):
 
 def _jobs(state):
     names = [None, "a1", "a2"]
-    return [(state.resolve(name or state.base.name), _prompt(state, q))
+    return [(state.resolve(name or state.base.name), prompt_ids(state, q))
             for q in QUESTIONS[:4] for name in names]
 
 
@@ -110,7 +101,7 @@ def test_sequences_joining_a_running_batch_match_their_solo_runs(state):
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(state):
-    target, prompt = state.resolve("a1"), _prompt(state, QUESTIONS[0])
+    target, prompt = state.resolve("a1"), prompt_ids(state, QUESTIONS[0])
     params = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=1234)
 
     async def run():
@@ -135,7 +126,7 @@ def test_the_base_stops_at_end_of_turn_and_eos(state):
 
 
 def test_generation_stops_at_stop_tokens_unless_told_to_ignore_them(state):
-    prompt = _prompt(state, QUESTIONS[1])
+    prompt = prompt_ids(state, QUESTIONS[1])
     free = asyncio.run(_one_by_one(state, [(state.base, prompt)], FIXED_LENGTH))[0]
     # Pretend the model's third token is its end-of-turn token: generation ends where it first appears.
     eot = free["tokens"][2]
@@ -147,7 +138,7 @@ def test_generation_stops_at_stop_tokens_unless_told_to_ignore_them(state):
 
 
 def test_stop_strings_cut_the_text(state):
-    prompt = _prompt(state, QUESTIONS[2])
+    prompt = prompt_ids(state, QUESTIONS[2])
     free = asyncio.run(_one_by_one(state, [(state.resolve("a2"), prompt)], FIXED_LENGTH))[0]
     text = free["text"]
     assert len(text) >= 6
@@ -158,7 +149,7 @@ def test_stop_strings_cut_the_text(state):
 
 
 def test_a_cancelled_request_leaves_the_batch(state):
-    target, prompt = state.resolve("a1"), _prompt(state, QUESTIONS[3])
+    target, prompt = state.resolve("a1"), prompt_ids(state, QUESTIONS[3])
     params = SamplingParams(max_tokens=900, temperature=0.0, ignore_eos=True)
 
     async def run():
@@ -182,7 +173,7 @@ def test_a_full_queue_refuses_with_429(adapter_dirs):
     try:
         async def run():
             release = _hold(state.engine)
-            prompt = _prompt(state, QUESTIONS[0])
+            prompt = prompt_ids(state, QUESTIONS[0])
             handles = [state.engine.submit(state.base, [prompt], GREEDY) for _ in range(2)]
             with pytest.raises(APIError) as info:
                 state.engine.submit(state.base, [prompt], GREEDY)

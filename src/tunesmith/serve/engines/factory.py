@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from typing import Optional
 
 from tunesmith.errors import ServeError, TunesmithError
-from tunesmith.serve.adapters import Target
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.metrics import ServeMetrics
 
@@ -20,12 +19,11 @@ from tunesmith.serve.metrics import ServeMetrics
 def create_remote_state(cfg: ServeConfig, *, api_key: Optional[str], tokenizer=None):
     from transformers import AutoConfig, GenerationConfig
 
-    from tunesmith.chat.tokens import stop_token_ids
     from tunesmith.models.loading import load_tokenizer, resolve_model_path
     from tunesmith.serve.engines.llamacpp import LlamaCppEngine
     from tunesmith.serve.engines.remote import NameRegistry
     from tunesmith.serve.engines.vllm import VLLMEngine
-    from tunesmith.serve.state import ServeState, context_length, served_name
+    from tunesmith.serve.state import ServeState, base_target, context_length
 
     if cfg.adapter_root is not None and not cfg.adapter_root.is_dir():
         raise ServeError(f"--adapter-root {cfg.adapter_root} is not a directory")
@@ -37,22 +35,17 @@ def create_remote_state(cfg: ServeConfig, *, api_key: Optional[str], tokenizer=N
         generation_config = GenerationConfig.from_pretrained(served_model)
     except OSError:
         generation_config = None
-    name = served_name(cfg)
-    clash = sorted({name, cfg.model.path} & set(cfg.adapters))
-    if clash:
-        raise ServeError(f"adapter name {clash[0]!r} is also the base model's name", hint="rename the adapter")
-    base = Target(name=name, adapter=None, tokenizer=tokenizer,
-                  stop_ids=frozenset(stop_token_ids(tokenizer, generation_config)))
+    base = base_target(cfg, tokenizer, generation_config)
     window = context_length(SimpleNamespace(config=model_config), tokenizer)
     metrics, registry = ServeMetrics(), NameRegistry()
     if cfg.engine == "vllm":
-        engine = VLLMEngine(cfg, registry, base_name=name, metrics=metrics, model_path=served_model)
+        engine = VLLMEngine(cfg, registry, base_name=base.name, metrics=metrics, model_path=served_model)
     else:
-        engine = LlamaCppEngine(cfg, registry, base_name=name, metrics=metrics, base_config=model_config,
+        engine = LlamaCppEngine(cfg, registry, base_name=base.name, metrics=metrics, base_config=model_config,
                                 context_length=window)
     state = ServeState(
         cfg=cfg, engine=engine, registry=registry, metrics=metrics, base=base,
-        base_aliases=frozenset({name, cfg.model.path}), served_model=served_model, context_length=window,
+        base_aliases=frozenset({base.name, cfg.model.path}), served_model=served_model, context_length=window,
         vocab_size=len(tokenizer), generation_config=generation_config, api_key=api_key,
     )
     for adapter_name, path in cfg.adapters.items():

@@ -22,14 +22,13 @@ import logging
 import os
 import socket
 import subprocess
-import threading
 import time
 from typing import Any, Optional
 
 import httpx
 
 from tunesmith.errors import ServeError
-from tunesmith.serve.adapters import PreparedAdapter, Target
+from tunesmith.serve.adapters import KnownAdapters, PreparedAdapter, Target
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engines.base import (Event, GenerationEngine, RequestHandle, SamplingParams, queue_full,
                                           shutting_down)
@@ -47,23 +46,8 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-class NameRegistry:
+class NameRegistry(KnownAdapters):
     """The adapters an engine process serves, by name (the process holds the weights)."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, PreparedAdapter] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> Optional[PreparedAdapter]:
-        with self._lock:
-            return self._known.get(name)
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return list(self._known)
-
-    def loaded_names(self) -> list[str]:
-        return self.names()
 
     def add(self, prepared: PreparedAdapter) -> None:
         with self._lock:

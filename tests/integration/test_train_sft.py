@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,8 @@ from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint
 from tunesmith.train.environment import Dist
 from tunesmith.train.optim import lr_at
 from tunesmith.train.data import read_jsonl
+
+from train_fixtures import kill_at_first_checkpoint, train_command
 
 
 def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -121,10 +121,6 @@ def test_lr_schedule_shapes(make_config):
     assert lr_at(99, 100, const) == 1.0
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tunesmith", "train", *args]
-
-
 def test_resume_after_sigkill_ends_with_identical_weights(make_config, tmp_path):
     """Kill -9 mid-run, resume, and finish with the adapter an uninterrupted run produces.
 
@@ -140,23 +136,16 @@ def test_resume_after_sigkill_ends_with_identical_weights(make_config, tmp_path)
 
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     reference = make_config(*settings)
-    done = subprocess.run(_cli(*cli_args(reference)), capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(train_command(*cli_args(reference)), capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = make_config(*settings)
-    proc = subprocess.Popen(_cli(*cli_args(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    killed_at = kill_at_first_checkpoint(cli_args(cfg), cfg.output_dir, env, timeout=180)
     checkpoints = cfg.output_dir / "checkpoints"
-    deadline = time.time() + 180
-    while latest_checkpoint(checkpoints) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = latest_checkpoint(checkpoints)
-    assert killed_at is not None, proc.stderr.read().decode()[-2000:]
     assert not (cfg.output_dir / "adapter").exists(), "the run finished before it was killed"
     # Debris a crash can leave must never be taken for a checkpoint.
     (checkpoints / ".tmp-step-0000039").mkdir()
     (checkpoints / "step-0000038").mkdir()
-    resumed = subprocess.run(_cli(*cli_args(cfg), "--resume", "latest"), capture_output=True, text=True,
+    resumed = subprocess.run(train_command(*cli_args(cfg), "--resume", "latest"), capture_output=True, text=True,
                              timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed_at}" in resumed.stderr
@@ -208,7 +197,7 @@ def test_full_fine_tuning_trains_every_weight(make_config, tiny_model):
 
 def test_qlora_trains_on_cpu(make_config, tmp_path):
     pytest.importorskip("bitsandbytes")
-    from tests.unit.train.conftest import build_tiny_model
+    from train_fixtures import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "tiny64", hidden=64)
     result = sft.run(make_config(f"model={model_dir}", "method=qlora"))

@@ -8,14 +8,12 @@ import math
 import threading
 
 import pytest
+from serve_fixtures import prompt_ids
 from serve_helpers import QUESTIONS
 
-from tunesmith.chat.templates import render_prompt
-from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engine import SamplingParams
 from tunesmith.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                       parse_json_object, parse_request)
-from tunesmith.serve.state import create_state
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -45,16 +43,7 @@ def test_numbers_that_overflow_to_infinity_are_400(body):
 # --------------------------------------------------------------------------- the engine
 
 
-@pytest.fixture(scope="module")
-def state(adapter_dirs):
-    state = create_state(ServeConfig(adapters=adapter_dirs, max_batch_size=16, max_queue=64))
-    state.engine.start()
-    yield state
-    state.engine.shutdown()
-
-
-def _prompt(state, question: str) -> list[int]:
-    return render_prompt(state.base.tokenizer, [{"role": "user", "content": question}])
+# The engine: the `state` fixture of tests/serve_fixtures.py (through this folder's conftest).
 
 
 async def _outcome(handle) -> tuple[list[int], APIError | None]:
@@ -81,14 +70,14 @@ POISON = SamplingParams(max_tokens=8, temperature=math.nan)
 
 @pytest.mark.parametrize("poison_at", ["prefill", "decode"])
 def test_a_row_that_fails_to_sample_fails_alone(state, poison_at, monkeypatch):
-    jobs = [(state.resolve(name or state.base.name), _prompt(state, q), params)
+    jobs = [(state.resolve(name or state.base.name), prompt_ids(state, q), params)
             for q, name, params in [
                 (QUESTIONS[0], None, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)),
                 (QUESTIONS[1], "a1", SamplingParams(max_tokens=8, temperature=0.8, top_p=0.9, seed=7,
                                                      ignore_eos=True)),
                 (QUESTIONS[2], "a2", SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)),
                 (QUESTIONS[3], None, SamplingParams(max_tokens=8, temperature=1.0, seed=3, ignore_eos=True))]]
-    poisoned_prompt = _prompt(state, QUESTIONS[4])
+    poisoned_prompt = prompt_ids(state, QUESTIONS[4])
 
     async def alone():
         return [await _outcome(state.engine.submit(t, [p], params)) for t, p, params in jobs]

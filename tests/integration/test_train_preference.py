@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,9 @@ from tunesmith.config import load_config
 from tunesmith.train.config import TrainConfig
 from tunesmith.errors import TrainingError
 from tunesmith.train import sft
-from tunesmith.train.checkpoint import latest_checkpoint
 from tunesmith.train.pairs import tokenize_completion
+
+from train_fixtures import kill_at_first_checkpoint, train_command
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests/unit/chat"))
@@ -133,10 +132,6 @@ def test_init_from_an_sft_run_uses_that_adapter_frozen_as_the_reference(pref_con
     assert any(not torch.equal(sft_weights[k], dpo_weights[k]) for k in sft_weights)
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tunesmith", "train", *args]
-
-
 @pytest.mark.parametrize("method,objective", [("full", "dpo"), ("lora", "kto")])
 def test_resume_after_sigkill_ends_with_identical_weights(pref_config, kto_dir, method, objective):
     """Kill -9 mid-run, resume, finish bit-identical to an uninterrupted run (atol=0). For full
@@ -153,20 +148,12 @@ def test_resume_after_sigkill_ends_with_identical_weights(pref_config, kto_dir, 
 
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     reference = pref_config(*settings, data=data)
-    done = subprocess.run(_cli(*args(reference)), capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(train_command(*args(reference)), capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = pref_config(*settings, data=data)
-    proc = subprocess.Popen(_cli(*args(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    checkpoints = cfg.output_dir / "checkpoints"
-    deadline = time.time() + 300
-    while latest_checkpoint(checkpoints) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = latest_checkpoint(checkpoints)
-    assert killed_at is not None, proc.stderr.read().decode()[-2000:]
+    killed_at = kill_at_first_checkpoint(args(cfg), cfg.output_dir, env, timeout=300)
     assert not (cfg.output_dir / ("model" if method == "full" else "adapter")).exists()
-    resumed = subprocess.run(_cli(*args(cfg), "--resume", "latest"), capture_output=True, text=True,
+    resumed = subprocess.run(train_command(*args(cfg), "--resume", "latest"), capture_output=True, text=True,
                              timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed_at}" in resumed.stderr
@@ -227,7 +214,7 @@ def test_two_process_ddp_dpo_matches_single_process(pref_config):
 def test_dpo_with_qlora_trains_on_cpu(pref_config, tmp_path):
     """QLoRA: the reference is the 4-bit base with the adapter disabled; the first step is log 2."""
     pytest.importorskip("bitsandbytes")
-    from tests.unit.train.conftest import build_tiny_model
+    from train_fixtures import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "tiny64", hidden=64)
     result = sft.run(pref_config(f"model={model_dir}", "method=qlora", "lora.dropout=0"))
