@@ -62,14 +62,17 @@ def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int
 
 
 def results_csv(records: list[dict[str, Any]]) -> bytes:
-    """OpenAI's step_metrics.csv: one row per logged step (validation loss on its step's row)."""
+    """OpenAI's step_metrics.csv: one row per logged step (validation figures on their step's row);
+    `train_accuracy` is the step's mean token accuracy."""
     rows: dict[int, dict[str, Any]] = {}
     for record in records:
         row = rows.setdefault(int(record["step"]), {"step": int(record["step"])})
         if "loss" in record:
             row["train_loss"] = record["loss"]
+            row["train_accuracy"] = record.get("mean_token_accuracy", "")
         if "val_loss" in record:
             row["valid_loss"] = record["val_loss"]
+            row["valid_mean_token_accuracy"] = record.get("val_mean_token_accuracy", "")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n")
     writer.writeheader()

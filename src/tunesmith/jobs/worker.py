@@ -280,12 +280,13 @@ class Supervisor:
             if "loss" in record and step > run.last_step:
                 run.last_step = step
                 data = {"step": step, "train_loss": record["loss"], "total_steps": run.total_steps,
-                        "train_mean_token_accuracy": None}
+                        "train_mean_token_accuracy": record.get("mean_token_accuracy")}
                 self.store.add_event(run.job_id, f"Step {step}/{run.total_steps or '?'}: training loss={record['loss']:.4f}",
                                      type="metrics", data=data)
             if "val_loss" in record:
                 self.store.add_event(run.job_id, f"Step {step}: validation loss={record['val_loss']:.4f}", type="metrics",
-                                     data={"step": step, "valid_loss": record["val_loss"], "valid_mean_token_accuracy": None,
+                                     data={"step": step, "valid_loss": record["val_loss"],
+                                           "valid_mean_token_accuracy": record.get("val_mean_token_accuracy"),
                                            "total_steps": run.total_steps})
         if run.total_steps and run.last_step > run.first_step:
             per_step = (time.time() - run.started) / (run.last_step - run.first_step)
@@ -323,8 +324,11 @@ def _step_metrics(records: list[dict[str, Any]], step: int) -> dict[str, Any]:
         if int(record.get("step", -1)) == step:
             if "loss" in record:
                 metrics["train_loss"] = record["loss"]
+                metrics["train_mean_token_accuracy"] = record.get("mean_token_accuracy")
             if "val_loss" in record:
                 metrics["valid_loss"] = metrics["full_valid_loss"] = record["val_loss"]
+                metrics["valid_mean_token_accuracy"] = metrics["full_valid_mean_token_accuracy"] = \
+                    record.get("val_mean_token_accuracy")
     return metrics
 
 
