@@ -31,6 +31,7 @@ from tunesmith.data.config import DataInspectConfig, DataPrepareConfig, DemoData
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.config import EvalConfig
 from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
+from tunesmith.jobs.config import JobsWorkerConfig
 from tunesmith.models.cli import models_app
 from tunesmith.plan.command import plan as plan_command
 from tunesmith.registry.from_logs import FromLogsConfig
@@ -289,6 +290,7 @@ def _resume(value: Optional[str]) -> bool | str | None:
 data_app = typer.Typer(help="Generate, prepare and inspect datasets.", no_args_is_help=True)
 export_app = typer.Typer(help="Export a tuned model as GGUF for llama.cpp, or for Ollama.", no_args_is_help=True)
 check_app = typer.Typer(help="Consistency checks between training, serving and exports.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Fine-tuning jobs (the jobs API of `tunesmith serve`).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 VERBS: list[tuple[typer.Typer, Verb]] = [
@@ -332,9 +334,14 @@ VERBS: list[tuple[typer.Typer, Verb]] = [
     (app, Verb("ui", UiConfig, "tunesmith.ui.cli:run",
                "Browse runs and reports, chat with served models, and run blind A/B reviews in the browser.",
                run_kwargs=lambda: {"announce": _say_err})),
+    (jobs_app, Verb("worker", JobsWorkerConfig, "tunesmith.jobs.standalone:run",
+                    "Run the fine-tuning jobs of a store (a server's jobs.root) in this process, for a server "
+                    "started with jobs.run_worker: false; several workers may share one store.",
+                    run_kwargs=lambda: {"announce": _say_err})),
 ]
 app.add_typer(export_app, name="export")
 app.add_typer(check_app, name="check")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")  # GGUF import and the model registry
 # `plan` takes a training config with its own --set overrides (as `train` takes them), so its
 # options are written by hand in its package rather than generated from PlanConfig.

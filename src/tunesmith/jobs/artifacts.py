@@ -10,7 +10,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 CHECKPOINT_PREFIX = "step-"
+# Written by `tunesmith train` at the start of a LoRA run (train.checkpoint.ADAPTER_LAYOUT): the
+# adapter config and tokenizer that a checkpoint's weights are served with while the run goes on.
+ADAPTER_LAYOUT = "checkpoints/adapter-layout"
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a training run, oldest first. The rule is train.checkpoint's
+    (`step-NNNNNNN` with its completion marker), read here without importing the train stage."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+            and (p / "complete.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
 
 def model_name(base: str, organization: str, suffix: Optional[str], job_id: str) -> str:
@@ -28,9 +42,10 @@ def _peft_key(key: str) -> str:
 
 
 def export_checkpoint(checkpoint: Path, final_adapter: Path, out: Path) -> bool:
-    """Write `out` as an adapter directory holding `checkpoint`'s weights, with the final adapter's
-    config and tokenizer. False (nothing written) when the checkpoint's tensors are not exactly
-    the final adapter's set, so a checkpoint is never served with missing or extra weights."""
+    """Write `out` as an adapter directory holding `checkpoint`'s weights, with the config and
+    tokenizer of `final_adapter` (the run's adapter, or its adapter layout while it runs). False
+    (nothing written) when the checkpoint's tensors are not exactly that adapter's set, so a
+    checkpoint is never served with missing or extra weights."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 

@@ -28,6 +28,25 @@ from tunesmith.train.state import TrainState
 
 CHECKPOINT_PREFIX = "step-"
 COMPLETE_MARKER = "complete.json"
+ADAPTER_LAYOUT = "adapter-layout"
+
+
+def save_adapter_layout(root: Path, model, tokenizer, dist: Dist, sharding) -> None:
+    """Write `checkpoints/adapter-layout/` once at the start of a LoRA run: the adapter's config,
+    tensor names and tokenizer, with which each checkpoint's `trainable.safetensors` can be served
+    as an adapter while the run goes on (the jobs API does). Every rank calls it (saving may gather)."""
+    target = root / ADAPTER_LAYOUT
+    if target.is_dir():  # a resumed run keeps the layout it started with
+        return
+    tmp = root / f".tmp-{ADAPTER_LAYOUT}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    sharding.save_pretrained(model, tmp)
+    if dist.is_main:
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    dist.barrier()
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, state: TrainState, dist: Dist, keep: int,
