@@ -238,11 +238,12 @@ class Supervisor:
             tmp.write_text("".join(dumps_row(r) + "\n" for r in rows), encoding="utf-8")
             os.replace(tmp, data_dir / name)
         config, note = self._train_config(job, settings, len(outputs["train.jsonl"]), data_dir)
+        resolved = config.pop("_resolved")
         tmp = Path(job["run_dir"]) / f".train.yaml.{self.worker.rpartition(':')[2]}"
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         os.replace(tmp, Path(job["run_dir"]) / "train.yaml")
         if self.store.update_job(job["id"], only_if_status=("validating_files",), status="queued",
-                                 method=config["_resolved"], worker=None, lease_until=None):
+                                 method=resolved, worker=None, lease_until=None):
             if note:
                 self.store.add_event(job["id"], note)
             self.store.add_event(job["id"], "Files validated, moving job to queued state")

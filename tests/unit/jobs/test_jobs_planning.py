@@ -4,6 +4,7 @@ the plan fits in the worker's memory; the job object shows the value it trains w
 from __future__ import annotations
 
 import pytest
+import yaml
 from jobs_helpers import TICKETS
 
 from tunesmith.jobs import spec
@@ -12,6 +13,7 @@ from tunesmith.jobs.planning import largest_batch
 from tunesmith.jobs.routes import job_object
 from tunesmith.jobs.store import JobStore
 from tunesmith.jobs.worker import Supervisor
+from tunesmith.train.config import TrainConfig
 
 SETTINGS = {"base_path": "default", "learning_rate": 1e-4, "max_seq_len": 1024, "lora_r": 16,
             "checkpoint_every": None, "keep_checkpoints": 3, "min_examples": 10}
@@ -52,5 +54,7 @@ def test_the_job_object_shows_the_batch_size_the_plan_allows(tmp_path, memory, b
     assert job["status"] == "queued", job["error"]
     assert job_object(job)["hyperparameters"]["batch_size"] == batch  # 0.2% of 5000 examples gives 8
     assert job["method"]["supervised"]["hyperparameters"]["batch_size"] == batch
+    trained = TrainConfig.model_validate(yaml.safe_load((store.runs_dir / "ftjob-big" / "train.yaml").read_text()))
+    assert trained.train.micro_batch_size == batch  # what `tunesmith train` is given
     notes = [e["message"] for e in store.events("ftjob-big", limit=50) if e["message"].startswith("batch_size auto")]
     assert bool(notes) == (batch < 8)
