@@ -81,7 +81,7 @@ class Worker:
 
     def __init__(self, root, *, holding: bool = False):
         args = [sys.executable, "-m", "tunesmith", "jobs", "worker", "--store", str(root / "store"),
-                "--set", "poll_seconds=0.2", "--set", "lease_seconds=5"]
+                "--set", "poll_seconds=0.2", "--set", "lease_seconds=10"]
         if holding:
             script = root / "holding_trainer.py"
             script.write_text(HOLDING_TRAINER)

@@ -114,6 +114,7 @@ class Supervisor:
         self.legacy_settings = legacy_settings
         self.before_success = before_success
         self.running: dict[str, Running] = {}
+        self._validating: set[str] = set()  # the job being validated, for the heartbeat
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -124,6 +125,8 @@ class Supervisor:
         self._thread.start()
 
     def loop(self) -> None:
+        heartbeat = threading.Thread(target=self._heartbeat, name="tunesmith-jobs-leases", daemon=True)
+        heartbeat.start()
         while not self._stop.is_set():
             try:
                 self.tick()
@@ -159,6 +162,18 @@ class Supervisor:
 
     def _lease(self) -> float:
         return time.time() + self.cfg.lease_seconds
+
+    def _heartbeat(self) -> None:
+        """Renew the leases on a thread of their own, so that a long step of the loop (importing
+        torch for the first export, validating a large file, registering a model) never lets a
+        lease lapse while this worker is alive. Whether a lease was lost is decided by the loop
+        alone (`_renew`), which is the thread that claims and releases jobs."""
+        while not self._stop.wait(self.cfg.poll_seconds):
+            try:
+                for job_id in [*self.running, *self._validating]:
+                    self.store.renew(job_id, self.worker, self._lease())
+            except Exception:
+                log.exception("renewing the jobs' leases failed")
 
     def _renew(self) -> None:
         for run in list(self.running.values()):
@@ -201,6 +216,13 @@ class Supervisor:
         if not self.store.claim(job["id"], self.worker, self._lease(), from_status="validating_files",
                                 now=time.time()):
             return  # another worker is validating it
+        self._validating.add(job["id"])
+        try:
+            self._validate_claimed(job)
+        finally:
+            self._validating.discard(job["id"])
+
+    def _validate_claimed(self, job: dict[str, Any]) -> None:
         settings = self.settings(job)
         if settings is None:
             self.fail(job, "invalid_job", None, "The job was created by an earlier tunesmith without its training "
