@@ -12,7 +12,7 @@ from typing import Any, Optional
 CHECKPOINT_PREFIX = "step-"
 # Written by `tunesmith train` at the start of a LoRA run (train.checkpoint.ADAPTER_LAYOUT): the
 # adapter config and tokenizer that a checkpoint's weights are served with while the run goes on.
-ADAPTER_LAYOUT = "checkpoints/adapter-layout"
+ADAPTER_LAYOUT = "adapter-layout"
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 

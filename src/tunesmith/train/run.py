@@ -219,7 +219,7 @@ def _train(r: Run) -> tuple[float | None, bool]:
     window_start, window_tokens = time.perf_counter(), 0.0
 
     if cfg.method != "full":  # checkpoints can then be served while the run goes on
-        save_adapter_layout(r.checkpoints, r.model, r.tokenizer, dist, r.sharding)
+        save_adapter_layout(r.out, r.model, r.tokenizer, dist, r.sharding, resumed=r.resumed)
     r.model.train()
     while state.step < total_steps:
         step = state.step

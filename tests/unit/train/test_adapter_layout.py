@@ -1,4 +1,4 @@
-"""A LoRA run writes `checkpoints/adapter-layout/` at its start, so each checkpoint can be served
+"""A LoRA run writes `adapter-layout/` at its start, so each checkpoint can be served
 as an adapter while the run goes on: the last checkpoint exported with that layout is exactly the
 run's final adapter (same config, same tensors), and the metrics carry the token accuracies."""
 
