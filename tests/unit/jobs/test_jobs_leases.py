@@ -130,3 +130,27 @@ def test_a_dead_worker_on_this_host_is_replaced_without_waiting_for_its_lease(ma
 def test_a_lease_shorter_than_a_few_polls_is_refused():
     with pytest.raises(ValueError, match="lease_seconds"):
         JobsWorkerConfig(lease_seconds=1.0, poll_seconds=0.5)
+
+
+def test_a_long_step_of_a_live_worker_does_not_let_its_lease_lapse(make_worker, monkeypatch):
+    """The first export imports torch, a large file takes a while to validate: the loop may stall
+    for longer than a lease, and the heartbeat thread keeps the claim alive meanwhile."""
+    first = make_worker(lease_seconds=2.0)
+    run = _queue(first.store, "ftjob-a")
+    first.start()
+    wait_until(lambda: _launches(run), timeout=30, what="the job to start")
+    watch, stalled = first._watch, threading.Event()
+
+    def stalling_watch(running):
+        stalled.set()
+        time.sleep(6)  # three leases
+        return watch(running)
+
+    monkeypatch.setattr(first, "_watch", stalling_watch)
+    stalled.wait(10)
+    second = make_worker(lease_seconds=2.0)
+    for _ in range(50):  # five seconds of a second worker looking for lapsed leases
+        second.tick()
+        time.sleep(0.1)
+    assert second.store.job("ftjob-a")["worker"] == first.worker and not second.running
+    assert len(_launches(run)) == 1
