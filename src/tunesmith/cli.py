@@ -34,6 +34,7 @@ from tunesmith.data.config import DataInspectConfig, DataPrepareConfig, DemoData
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.config import EvalConfig
 from tunesmith.export.config import ExportConfig, MergeConfig, ParityConfig
+from tunesmith.jobs.config import JobsWorkerConfig
 from tunesmith.models.cli import MODELS
 from tunesmith.plan.config import PlanConfig
 from tunesmith.registry.from_logs import FromLogsConfig
@@ -362,6 +363,11 @@ VERBS: list[tuple[typer.Typer, Verb | Group]] = [
                "Plan a training run's memory per component (weights, LoRA, gradients, optimiser, activations, "
                "logits, KV cache), say whether it fits the GPU or this machine's RAM, and what to change if not.",
                config_file=False)),
+    (app, Group("jobs", "Fine-tuning jobs (the jobs API of `tunesmith serve`).", [
+        Verb("worker", JobsWorkerConfig, "tunesmith.jobs.standalone:run",
+             "Run the fine-tuning jobs of a store (a server's jobs.root) in this process, for a server "
+             "started with jobs.run_worker: false; several workers may share one store.",
+             run_kwargs=lambda: {"announce": _say_err})])),
 ]
 app.add_typer(export_app, name="export")
 app.add_typer(check_app, name="check")

@@ -163,8 +163,8 @@ def test_method_job_with_validation_file_reports_validation_loss(client, root):
     job = wait_finished(client, job.id)
     assert job.status == "succeeded", job.error
     assert job.validation_file == val.id and job.suffix is None
-    valid = [e.data["valid_loss"] for e in events(client, job.id) if e.type == "metrics" and "valid_loss" in e.data]
-    assert valid and valid[0] > 0
+    valid = [e.data for e in events(client, job.id) if e.type == "metrics" and "valid_loss" in e.data]
+    assert valid and valid[0]["valid_loss"] > 0 and 0 <= valid[0]["valid_mean_token_accuracy"] <= 1
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "support"})] == [job.id]
     page = client.fine_tuning.jobs.list(limit=1)
     assert [j.id for j in page.data] == [job.id] and page.has_more  # newest first

@@ -17,7 +17,7 @@ from tunesmith.registry.lineage import version_fields
 from tunesmith.registry.store import Registry, RegistryError
 from tunesmith.train import sft
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE_MARK = "{# continued-template #}"
 
 

@@ -10,7 +10,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 CHECKPOINT_PREFIX = "step-"
+# Written by `tunesmith train` at the start of a LoRA run (train.checkpoint.ADAPTER_LAYOUT): the
+# adapter config and tokenizer that a checkpoint's weights are served with while the run goes on.
+ADAPTER_LAYOUT = "adapter-layout"
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a training run, oldest first. The rule is train.checkpoint's
+    (`step-NNNNNNN` with its completion marker), read here without importing the train stage."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+            and (p / "complete.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
 
 def model_name(base: str, organization: str, suffix: Optional[str], job_id: str) -> str:
@@ -28,9 +42,10 @@ def _peft_key(key: str) -> str:
 
 
 def export_checkpoint(checkpoint: Path, final_adapter: Path, out: Path) -> bool:
-    """Write `out` as an adapter directory holding `checkpoint`'s weights, with the final adapter's
-    config and tokenizer. False (nothing written) when the checkpoint's tensors are not exactly
-    the final adapter's set, so a checkpoint is never served with missing or extra weights."""
+    """Write `out` as an adapter directory holding `checkpoint`'s weights, with the config and
+    tokenizer of `final_adapter` (the run's adapter, or its adapter layout while it runs). False
+    (nothing written) when the checkpoint's tensors are not exactly that adapter's set, so a
+    checkpoint is never served with missing or extra weights."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -62,14 +77,17 @@ def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int
 
 
 def results_csv(records: list[dict[str, Any]]) -> bytes:
-    """OpenAI's step_metrics.csv: one row per logged step (validation loss on its step's row)."""
+    """OpenAI's step_metrics.csv: one row per logged step (validation figures on their step's row);
+    `train_accuracy` is the step's mean token accuracy."""
     rows: dict[int, dict[str, Any]] = {}
     for record in records:
         row = rows.setdefault(int(record["step"]), {"step": int(record["step"])})
         if "loss" in record:
             row["train_loss"] = record["loss"]
+            row["train_accuracy"] = record.get("mean_token_accuracy", "")
         if "val_loss" in record:
             row["valid_loss"] = record["val_loss"]
+            row["valid_mean_token_accuracy"] = record.get("val_mean_token_accuracy", "")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -209,7 +209,7 @@ async def create_job(request: Request) -> dict[str, Any]:
     job = {"id": job_id, "project": project, "organization_id": service.organization(project),
            "created_at": int(time.time()), "model": model, "training_file": training, "validation_file": validation,
            "status": "validating_files", "method": method, "seed": seed, "suffix": suffix, "metadata": metadata,
-           "run_dir": str(service.store.runs_dir / job_id)}
+           "run_dir": str(service.store.runs_dir / job_id), "settings": service.job_settings(model)}
     with service.store.db.transaction() as conn:  # the cap and the insert in one transaction
         queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN ('validating_files', "
                               "'queued')", (project,)).fetchone()[0]

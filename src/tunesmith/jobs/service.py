@@ -1,26 +1,29 @@
-"""`JobsService`: the jobs side of one server — tenancy, the stores, the supervisor, and the
-fine-tuned models it serves through the adapter hot-load path.
+"""`JobsService`: the jobs side of one server — tenancy, the store, the worker (unless a
+separate `tunesmith jobs worker` runs the jobs), and the fine-tuned models it serves through the
+adapter hot-load path.
 
 API keys belong to projects. The server's own key (or no key at all, when the server has none)
 is the project `default`; `jobs.projects` adds tenants with their own keys. Every lookup is by
 (project, id), so another project's file, job or model is simply not found (404, never 403).
+
+Models come from the store, whoever trained them: a thread reads the servable models (succeeded
+jobs and written checkpoints, of running jobs too) every `poll_seconds`, loads new ones into the
+engine and unloads the ones that are gone (checkpoints rotated away when their job finished). A
+request for a model the store has but the thread has not loaded yet loads it on the spot.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from tunesmith.jobs import artifacts
 from tunesmith.jobs.config import BaseModelEntry, JobsConfig
-from tunesmith.jobs.store import JobStore, new_id
-from tunesmith.jobs.worker import Supervisor, artifacts_checkpoints
+from tunesmith.jobs.store import JobStore
+from tunesmith.jobs.worker import Supervisor
 from tunesmith.serve.protocol import model_not_found
 
 if TYPE_CHECKING:
@@ -36,12 +39,18 @@ class JobsService:
         self.cfg = cfg
         self.state = state
         self.store = JobStore(cfg.root)
-        self.supervisor = Supervisor(self)
+        self.supervisor: Optional[Supervisor] = Supervisor(
+            self.store, cfg, legacy_settings=lambda job: self.job_settings(job["model"]),
+            before_success=self._serve_finished) if cfg.run_worker else None
         self._keys: list[tuple[bytes, str]] = [
             (key.get_secret_value().encode("utf-8"), name)
             for name, project in cfg.projects.items() for key in project.api_keys]
         self._served: dict[str, tuple[str, str]] = {}  # model name -> (adapter name in the engine, project)
         self._served_lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time: the sync thread and a request may race
+        self._failed: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
         self._check_bases()
 
     def _check_bases(self) -> None:
@@ -63,15 +72,27 @@ class JobsService:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        for job in self.store.jobs_in("succeeded"):
-            try:
-                self._serve(job)
-            except Exception as exc:  # a model whose files went missing must not stop the server
-                log.error("cannot serve %s: %s", job["fine_tuned_model"], exc)
-        self.supervisor.start()
+        self.sync_models()
+        self._thread = threading.Thread(target=self._sync_loop, name="tunesmith-jobs-models", daemon=True)
+        self._thread.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
 
     def stop(self) -> None:
-        self.supervisor.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        if self.supervisor is not None:
+            self.supervisor.stop()
+
+    def job_settings(self, model: str) -> dict[str, Any]:
+        """What a job created now trains with, fixed at creation, so every worker (in this server
+        or not) trains it the same way."""
+        base = self.base_entry(model)
+        return {"base_path": base.path, "learning_rate": base.learning_rate or self.cfg.base_learning_rate,
+                "max_seq_len": self.cfg.max_seq_len, "lora_r": self.cfg.lora_r,
+                "checkpoint_every": self.cfg.checkpoint_every, "keep_checkpoints": self.cfg.keep_checkpoints,
+                "min_examples": self.cfg.min_examples}
 
     # ------------------------------------------------------------------ tenancy
 
@@ -114,6 +135,8 @@ class JobsService:
         model, or another project's model, is not found."""
         if name in self.cfg.base_models:
             return self.state.base
+        if name not in self._served:
+            self._load_on_request(name, project)
         with self._served_lock:
             served = self._served.get(name)
             internal = {adapter: owner for adapter, owner in self._served.values()}
@@ -147,75 +170,57 @@ class JobsService:
         with self._served_lock:
             return any(adapter == internal for internal, _ in self._served.values())
 
-    def _serve(self, job: dict[str, Any]) -> None:
-        """Hot-load the job's model and its servable checkpoints into the running engine."""
-        run = Path(job["run_dir"])
-        models = [(job["fine_tuned_model"], f"ft-{job['id']}", run / "train" / "adapter")]
+    # ------------------------------------------------------------------ loading models from the store
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.cfg.poll_seconds):
+            try:
+                self.sync_models()
+            except Exception:  # the next poll tries again
+                log.exception("reading the jobs' models failed")
+
+    def sync_models(self) -> None:
+        rows = self.store.servable_models()
+        for row in rows:
+            if row["model"] not in self._served and row["model"] not in self._failed:
+                self._load(row)
+        present = {row["model"] for row in rows}
+        with self._served_lock:
+            gone = [(name, adapter) for name, (adapter, _) in self._served.items() if name not in present]
+            for name, _ in gone:
+                del self._served[name]
+        for name, adapter in gone:  # rotated checkpoints; requests already running keep their weights
+            self.state.engine.call(lambda a=adapter: self.state.registry.remove(a)).result(timeout=600)
+
+    def _load(self, row: dict[str, Any], *, strict: bool = False) -> None:
+        """Hot-load one model (a job's, or a checkpoint's) under an engine name of its own."""
+        adapter = f"ft-{row['job_id']}" + (f"-{row['step']}" if row["step"] is not None else "")
+        with self._load_lock:
+            try:
+                if self.state.registry.get(adapter) is None:
+                    prepared = self.state.prepare(adapter, Path(row["adapter_dir"]))
+                    self.state.engine.call(lambda: self.state.registry.add(prepared)).result(timeout=600)
+            except Exception as exc:
+                if strict:
+                    raise
+                self._failed.add(row["model"])  # a model whose files went missing must not stop the server
+                log.error("cannot serve %s: %s", row["model"], exc)
+                return
+            with self._served_lock:
+                self._served[row["model"]] = (adapter, row["project"])
+
+    def _load_on_request(self, name: str, project: Optional[str]) -> None:
+        if not name.startswith("ft:") or project is None:
+            return
+        for row in self.store.servable_models():
+            if row["model"] == name and row["project"] == project:
+                self._load(row)
+
+    def _serve_finished(self, job: dict[str, Any]) -> None:
+        """Before the server's own worker marks a job succeeded: load its model and checkpoints."""
+        self._load({"model": job["fine_tuned_model"], "project": job["project"], "job_id": job["id"], "step": None,
+                    "adapter_dir": str(Path(job["run_dir"]) / "train" / "adapter")}, strict=True)
         for checkpoint in self.store.checkpoints(job["id"], limit=1000):
             if checkpoint["adapter_dir"]:
-                models.append((checkpoint["model"], f"ft-{job['id']}-{checkpoint['step']}",
-                               Path(checkpoint["adapter_dir"])))
-        for name, adapter, path in models:
-            if self.state.registry.get(adapter) is None:
-                prepared = self.state.prepare(adapter, path)
-                self.state.engine.call(lambda p=prepared: self.state.registry.add(p)).result(timeout=600)
-            with self._served_lock:
-                self._served[name] = (adapter, job["project"])
-
-    # ------------------------------------------------------------------ finishing a job
-
-    def add_file(self, project: str, filename: str, content: bytes, purpose: str) -> dict[str, Any]:
-        file_id = new_id("file")
-        path = self.store.files_dir / file_id
-        path.write_bytes(content)
-        return self.store.add_file(file_id=file_id, project=project, filename=filename, size=len(content),
-                                   purpose=purpose, path=path, sha256=hashlib.sha256(content).hexdigest())
-
-    def finish(self, job: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        """A training process exited 0: results file, servable checkpoints, registry, hot-load,
-        and only then `succeeded`, so the model answers as soon as the job says it exists."""
-        import json
-
-        run = Path(job["run_dir"])
-        out = run / "train"
-        manifest = json.loads((out / "manifest.json").read_text())
-        model = artifacts.model_name(job["model"], job["organization_id"], job["suffix"], job["id"])
-        kept = {int(p.name.removeprefix(artifacts.CHECKPOINT_PREFIX)): p for p in artifacts_checkpoints(out)}
-        for checkpoint in self.store.checkpoints(job["id"], limit=1000):
-            source = kept.get(checkpoint["step"])
-            target = run / "checkpoints" / f"step-{checkpoint['step']}"
-            if source is not None and artifacts.export_checkpoint(source, out / "adapter", target):
-                self.store.set_checkpoint_adapter(job["id"], checkpoint["step"], str(target))
-            else:  # rotated away by keep_checkpoints, as OpenAI keeps only the last ones
-                self.store.delete_checkpoint(job["id"], checkpoint["step"])
-        all_records, _ = artifacts.read_metrics(out / "metrics.jsonl")
-        results = self.add_file(job["project"], "step_metrics.csv", artifacts.results_csv(all_records),
-                                "fine-tune-results")
-        finished = {**job, "fine_tuned_model": model}
-        try:
-            self._serve(finished)
-        except Exception as exc:
-            self.supervisor.fail(job, "model_load_failed", None, f"The fine-tuned model could not be loaded: {exc}")
-            return
-        if self.cfg.register_models:
-            self._register(finished, out)
-        if self.store.update_job(job["id"], only_if_status=("running",), status="succeeded", fine_tuned_model=model,
-                                 trained_tokens=manifest.get("trained_tokens"), result_files=[results["id"]],
-                                 finished_at=int(time.time()), estimated_finish=None, pid=None):
-            self.store.add_event(job["id"], f"New fine-tuned model created: {model}")
-            self.store.add_event(job["id"], "The job has successfully completed")
-
-    def _register(self, job: dict[str, Any], out: Path) -> None:
-        from tunesmith.registry.lineage import version_fields
-        from tunesmith.registry.store import Registry
-
-        fields = version_fields(out)
-        for role in ("training", "validation"):
-            record = self.store.file(job[f"{role}_file"], job["project"]) if job[f"{role}_file"] else None
-            fields[f"{role}_file_sha256"] = record["sha256"] if record else None
-        fields["hyperparameters"] = {**fields["hyperparameters"], "method": job["method"]}
-        registry = Registry(self.cfg.registry_path)
-        try:
-            registry.add(job["fine_tuned_model"], source=f"job:{job['id']}", project=job["project"], **fields)
-        finally:
-            registry.close()
+                self._load({"model": checkpoint["model"], "project": job["project"], "job_id": job["id"],
+                            "step": checkpoint["step"], "adapter_dir": checkpoint["adapter_dir"]})

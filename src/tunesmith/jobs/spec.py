@@ -3,7 +3,9 @@
 The "auto" rules (documented in docs/jobs.md), for N training examples:
 - n_epochs: 3, raised so that N x epochs reaches 100 example passes (at most 25 epochs), lowered
   so it stays under 25,000 (at least 1) — a tiny dataset gets more passes, a huge one fewer;
-- batch_size: about 0.2% of N rounded to a power of two, between 1 and 32;
+- batch_size: about 0.2% of N rounded to a power of two, between 1 and 32, lowered to the largest
+  power of two the memory plan (`tunesmith.plan`) fits in the worker's memory (`jobs.memory`,
+  else the GPU's memory, else the host's RAM) — see `tunesmith.jobs.planning`;
 - learning_rate_multiplier: 1, i.e. the base's learning rate (`base_models.NAME.learning_rate`,
   else `jobs.base_learning_rate`); the job's learning rate is that times the multiplier;
 - beta (DPO): 0.1, TRL's and the DPO paper's default.
@@ -97,6 +99,11 @@ def resolve(method: dict[str, Any], examples: int) -> dict[str, Any]:
             "learning_rate_multiplier": 1.0, "beta": 0.1}
     resolved = {key: auto[key] if value == "auto" else value for key, value in given.items()}
     return {"type": method["type"], method["type"]: {"hyperparameters": resolved}}
+
+
+def with_batch_size(resolved: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    kind = resolved["type"]
+    return {"type": kind, kind: {"hyperparameters": {**resolved[kind]["hyperparameters"], "batch_size": batch_size}}}
 
 
 def train_config(*, base_path: str, learning_rate: float, resolved: dict[str, Any], seed: int, data_dir: str,

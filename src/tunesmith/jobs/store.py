@@ -6,6 +6,7 @@ memory: a server killed at any moment finds each job where it left it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -52,7 +53,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     started_at INTEGER,
     total_steps INTEGER,
-    stop_request TEXT                  -- 'cancel' | 'pause' while the supervisor stops the process
+    stop_request TEXT,                 -- 'cancel' | 'pause' while the worker stops the process
+    settings TEXT,                     -- JSON: the base and training settings fixed at creation
+    worker TEXT,                       -- the worker that holds the job ("host:pid:token")
+    lease_until REAL                   -- its claim lapses then unless renewed
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,7 +85,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project, seq);
 
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
-_JSON_FIELDS = ("method", "metadata", "error", "result_files")
+_JSON_FIELDS = ("method", "metadata", "error", "result_files", "settings")
+# Columns added after the first release, added to databases made before them.
+_ADDED_JOB_COLUMNS = {"settings": "TEXT", "worker": "TEXT", "lease_until": "REAL"}
 
 
 def new_id(prefix: str) -> str:
@@ -104,6 +110,11 @@ class JobStore:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.root / "jobs.sqlite3", SCHEMA)
+        with self.db.transaction() as conn:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_JOB_COLUMNS.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     # ------------------------------------------------------------------ files
 
@@ -114,6 +125,14 @@ class JobStore:
                          "VALUES (?,?,?,?,?,?,?,?,?)",
                          (file_id, project, filename, size, purpose, int(time.time()), status, str(path), sha256))
         return self.file(file_id, project)
+
+    def write_file(self, project: str, filename: str, content: bytes, purpose: str) -> dict[str, Any]:
+        """Store `content` under a generated name (results files the worker writes)."""
+        file_id = new_id("file")
+        path = self.files_dir / file_id
+        path.write_bytes(content)
+        return self.add_file(file_id=file_id, project=project, filename=filename, size=len(content),
+                             purpose=purpose, path=path, sha256=hashlib.sha256(content).hexdigest())
 
     def file(self, file_id: str, project: str) -> Optional[dict[str, Any]]:
         row = self.db.one("SELECT * FROM files WHERE id = ? AND project = ?", (file_id, project))
@@ -169,6 +188,13 @@ class JobStore:
         marks = ", ".join("?" * len(statuses))
         return [_decode(r) for r in self.db.query(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", statuses)]
 
+    def claimed_jobs(self) -> list[dict[str, Any]]:
+        """Jobs some worker holds or held: claimed ones, and running or stopping ones whose claim
+        was dropped (a worker that stopped, or a database from before claims)."""
+        return [_decode(r) for r in self.db.query(
+            "SELECT * FROM jobs WHERE worker IS NOT NULL OR status = 'running' OR stop_request IS NOT NULL "
+            "ORDER BY seq")]
+
     def count_jobs(self, project: str, *statuses: str) -> int:
         marks = ", ".join("?" * len(statuses))
         row = self.db.one(f"SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN ({marks})", (project, *statuses))
@@ -185,6 +211,34 @@ class JobStore:
             args += list(only_if_status)
         with self.db.transaction() as conn:
             return conn.execute(sql, tuple(args)).rowcount == 1
+
+    # ------------------------------------------------------------------ claims (several workers, one store)
+
+    def claim(self, job_id: str, worker: str, lease_until: float, *, from_status: str, now: float,
+              **changes: Any) -> bool:
+        """Take `job_id` for `worker` if it is in `from_status` and nobody else holds a live lease on
+        it; one UPDATE, so of two workers trying at once exactly one succeeds."""
+        row = {k: (json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in changes.items()}
+        sets = "".join(f", {k} = ?" for k in row)
+        with self.db.transaction() as conn:
+            return conn.execute(
+                f"UPDATE jobs SET worker = ?, lease_until = ?{sets} WHERE id = ? AND status = ? AND "
+                "(worker IS NULL OR worker = ? OR lease_until IS NULL OR lease_until < ?)",
+                (worker, lease_until, *row.values(), job_id, from_status, worker, now)).rowcount == 1
+
+    def renew(self, job_id: str, worker: str, lease_until: float) -> bool:
+        """Extend `worker`'s lease; False when the job is no longer its own (taken over)."""
+        with self.db.transaction() as conn:
+            return conn.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ?",
+                                (lease_until, job_id, worker)).rowcount == 1
+
+    def release(self, job_id: str, worker: str, **changes: Any) -> bool:
+        """Apply `changes` and drop `worker`'s claim, if it still holds the job."""
+        row = {k: (json.dumps(v) if k in _JSON_FIELDS and v is not None else v) for k, v in changes.items()}
+        sets = "".join(f", {k} = ?" for k in row)
+        with self.db.transaction() as conn:
+            return conn.execute(f"UPDATE jobs SET worker = NULL, lease_until = NULL{sets} WHERE id = ? AND worker IS ?",
+                                (*row.values(), job_id, worker)).rowcount == 1
 
     # ------------------------------------------------------------------ events, checkpoints
 
@@ -210,12 +264,27 @@ class JobStore:
             rows.append(data)
         return rows
 
-    def add_checkpoint(self, job_id: str, step: int, model: str, metrics: dict[str, Any]) -> bool:
+    def add_checkpoint(self, job_id: str, step: int, model: str, metrics: dict[str, Any],
+                       adapter_dir: Optional[str] = None) -> bool:
         with self.db.transaction() as conn:
-            cur = conn.execute("INSERT OR IGNORE INTO checkpoints (id, job_id, step, created_at, model, metrics) "
-                               "VALUES (?,?,?,?,?,?)",
-                               (new_id("ftckpt"), job_id, step, int(time.time()), model, json.dumps(metrics)))
+            cur = conn.execute("INSERT OR IGNORE INTO checkpoints (id, job_id, step, created_at, model, metrics, "
+                               "adapter_dir) VALUES (?,?,?,?,?,?,?)",
+                               (new_id("ftckpt"), job_id, step, int(time.time()), model, json.dumps(metrics),
+                                adapter_dir))
             return cur.rowcount == 1
+
+    def has_checkpoint(self, job_id: str, step: int) -> bool:
+        return self.db.one("SELECT 1 FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step)) is not None
+
+    def servable_models(self) -> list[dict[str, Any]]:
+        """Every model the server may answer as: succeeded jobs' models and the checkpoints whose
+        adapters are written (of running jobs too), with the project and adapter directory."""
+        rows = self.db.query(
+            "SELECT fine_tuned_model AS model, project, id AS job_id, NULL AS step, run_dir || '/train/adapter' AS "
+            "adapter_dir FROM jobs WHERE status = 'succeeded' AND fine_tuned_model IS NOT NULL "
+            "UNION ALL SELECT c.model, j.project, c.job_id, c.step, c.adapter_dir FROM checkpoints c "
+            "JOIN jobs j ON j.id = c.job_id WHERE c.adapter_dir IS NOT NULL")
+        return [dict(r) for r in rows]
 
     def set_checkpoint_adapter(self, job_id: str, step: int, adapter_dir: Optional[str]) -> None:
         with self.db.transaction() as conn:

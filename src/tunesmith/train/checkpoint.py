@@ -28,6 +28,27 @@ from tunesmith.train.state import TrainState
 
 CHECKPOINT_PREFIX = "step-"
 COMPLETE_MARKER = "complete.json"
+ADAPTER_LAYOUT = "adapter-layout"
+
+
+def save_adapter_layout(out: Path, model, tokenizer, dist: Dist, sharding, *, resumed: bool) -> None:
+    """Write `OUT/adapter-layout/` at the start of a LoRA run: the adapter's config, tensor names
+    and tokenizer, with which each checkpoint's `trainable.safetensors` can be served as an
+    adapter while the run goes on (the jobs API does). A resumed run keeps the one it started
+    with; a fresh run replaces any left by an earlier attempt. Every rank calls it (saving may gather)."""
+    target = out / ADAPTER_LAYOUT
+    if resumed and target.is_dir():
+        return
+    tmp = out / f".tmp-{ADAPTER_LAYOUT}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    sharding.save_pretrained(model, tmp)
+    if dist.is_main:
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    dist.barrier()
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, state: TrainState, dist: Dist, keep: int,

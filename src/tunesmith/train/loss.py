@@ -36,6 +36,13 @@ def causal_lm_loss(model, inputs: dict[str, Any], num_items: float) -> torch.Ten
     collators build them. Dividing every micro-batch by the trained tokens of the whole
     optimiser step makes accumulated gradients equal those of one large batch.
     """
+    return causal_lm_loss_and_hits(model, inputs, num_items)[0]
+
+
+def causal_lm_loss_and_hits(model, inputs: dict[str, Any], num_items: float) -> tuple[torch.Tensor, int]:
+    """`causal_lm_loss`, and how many trained tokens the model predicts exactly (argmax of the
+    logits equals the label): the numerator of the mean token accuracy, read from the logits the
+    loss already computed, so it costs no second forward."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     keep = trained_positions(labels)
@@ -48,12 +55,13 @@ def causal_lm_loss(model, inputs: dict[str, Any], num_items: float) -> torch.Ten
     if logits.dim() == 3:  # every position came back
         logits = logits[keep]
     loss = F.cross_entropy(logits.float(), targets, reduction="sum") / num_items
+    hits = int((logits.detach().argmax(dim=-1) == targets).sum().item())
     aux = getattr(out, "aux_loss", None)
     coef = _aux_loss_coefficient(model)
     if aux is not None and coef:
         # Mixture-of-experts load balancing, weighted by this micro-batch's share of the step.
         loss = loss + coef * aux * (targets.numel() / num_items)
-    return loss
+    return loss, hits
 
 
 def _causal_lm(model):

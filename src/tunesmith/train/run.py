@@ -34,7 +34,8 @@ from tunesmith.serve.engines.compat import check_training as check_serve_compat
 from tunesmith.train import checkpoint_errors, distributed
 from tunesmith.registry.sources import resolve_init
 from tunesmith.train.adapters import apply_method, count_parameters, load_adapter_for_training
-from tunesmith.train.checkpoint import latest_checkpoint, load_checkpoint, resume_point, save_checkpoint
+from tunesmith.train.checkpoint import (latest_checkpoint, load_checkpoint, resume_point, save_adapter_layout,
+                                        save_checkpoint)
 from tunesmith.train.data import TrainingData, load_training_data
 from tunesmith.train.environment import Dist, autocast_for, seed_everything, setup_distributed
 from tunesmith.train.optim import build_optimizer, lr_at
@@ -223,6 +224,8 @@ def _train(r: Run) -> tuple[float | None, bool]:
     progress = Progress(total_steps, start=state.step, enabled=dist.is_main, console=r.console)
     window_start, window_tokens = time.perf_counter(), 0.0
 
+    if cfg.method != "full":  # checkpoints can then be served while the run goes on
+        save_adapter_layout(r.out, r.model, r.tokenizer, dist, r.sharding, resumed=r.resumed)
     r.model.train()
     while state.step < total_steps:
         step = state.step

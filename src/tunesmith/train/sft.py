@@ -13,7 +13,7 @@ from typing import Any
 
 from tunesmith.train.config import TrainSettings
 from tunesmith.train import batching
-from tunesmith.train.loss import causal_lm_loss
+from tunesmith.train.loss import causal_lm_loss_and_hits
 from tunesmith.train.run import TrainResult, run
 
 __all__ = ["SupervisedObjective", "TrainResult", "run"]
@@ -40,8 +40,10 @@ class SupervisedObjective:
 
     def loss(self, model, batch: batching.Batch, norms: dict[str, float], device: str):
         tokens = max(norms["tokens"], 1.0)
-        loss = causal_lm_loss(model, batch.model_inputs(device), tokens)
-        return loss, {"loss": loss.item() * tokens}
+        loss, hits = causal_lm_loss_and_hits(model, batch.model_inputs(device), tokens)
+        return loss, {"loss": loss.item() * tokens, "hits": float(hits)}
 
     def summarise(self, sums: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
-        return {"loss": sums.get("loss", 0.0) / max(norms["tokens"], 1.0)}
+        tokens = max(norms["tokens"], 1.0)
+        # mean_token_accuracy: the share of trained tokens whose argmax prediction is the label.
+        return {"loss": sums.get("loss", 0.0) / tokens, "mean_token_accuracy": sums.get("hits", 0.0) / tokens}

@@ -68,3 +68,11 @@ def test_checkpoint_with_other_tensors_is_not_exported(tmp_path):
     save_file(weights, str(checkpoint / "trainable.safetensors"))
     assert not artifacts.export_checkpoint(checkpoint, final, tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_results_csv_carries_the_token_accuracies():
+    text = artifacts.results_csv([{"step": 1, "loss": 2.0, "mean_token_accuracy": 0.25},
+                                  {"step": 1, "val_loss": 1.9, "val_mean_token_accuracy": 0.5}])
+    (row,) = csv.DictReader(io.StringIO(text.decode()))
+    assert row == {"step": "1", "train_loss": "2.0", "train_accuracy": "0.25", "valid_loss": "1.9",
+                   "valid_mean_token_accuracy": "0.5"}
