@@ -34,7 +34,7 @@ main(sys.argv[1:])
 
 def _prepare_peak_mb(inputs: list[Path], out: Path) -> tuple[int, float, str]:
     """(exit code, peak RSS in MB, output) of `tunesmith data prepare` in a child process."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     child = subprocess.run([sys.executable, "-c", CHILD, "data", "prepare", *map(str, inputs), "--out", str(out)],
                            capture_output=True, text=True, env=env, timeout=300)
     output = child.stdout + child.stderr

@@ -22,8 +22,7 @@ from tunesmith.train.pairs import tokenize_completion
 
 from train_fixtures import kill_at_first_checkpoint, train_command
 
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests/unit/chat"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 _count = iter(range(10**6))
