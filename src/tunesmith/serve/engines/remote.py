@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 from typing import Any, Optional
 
