@@ -93,11 +93,7 @@ def decode_batch(
     running = torch.arange(rows, device=device)  # original row index of each batch row
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # padding gets position 0, as in `generate`
-    presence = None
-    if sampling.repetition_penalty != 1.0:
-        vocab = model.get_output_embeddings().weight.size(0)
-        presence = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
-        presence.scatter_(1, input_ids * mask, mask.bool())  # padding scatters False: no effect
+    presence = None  # (rows, vocabulary): tokens each row has seen, for the repetition penalty
 
     cache = DynamicCache(config=model.config)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
@@ -107,6 +103,10 @@ def decode_batch(
             trace.rows_per_forward.append(step_ids.size(0))
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
                        past_key_values=cache, use_cache=True, **extra).logits[:, -1, :].float()
+        if sampling.repetition_penalty != 1.0 and presence is None:
+            presence = torch.zeros((rows, logits.size(-1)), dtype=torch.bool, device=device)
+            prompt_rows, prompt_cols = mask.nonzero(as_tuple=True)  # real prompt tokens, never padding
+            presence[prompt_rows, input_ids[prompt_rows, prompt_cols]] = True
         chosen = _choose(logits, presence, sampling)
         is_stop = torch.isin(chosen, stops)
         for row, token, stop in zip(running.tolist(), chosen.tolist(), is_stop.tolist()):
