@@ -7,6 +7,8 @@ directory under `out`, so every step can be rerun by hand on those directories:
     data/       `tunesmith data prepare` on the training file
     train/      `tunesmith train` (LoRA): adapter/, metrics.jsonl, loss.png
     eval/       `tunesmith eval --compare-base` on the held-out test set
+    dpo/, eval-dpo/  with `--dpo`: DPO after the SFT run, evaluated on the same tickets
+                (quickstart_dpo.py; eval-dpo/three_way.json holds base vs SFT vs SFT + DPO)
     merged/     `tunesmith merge`
     export/     `tunesmith export gguf --ollama` (GGUF, Modelfile, parity check)
     serve.log   the server's log from the last step, which asks the tuned adapter a question
@@ -68,16 +70,18 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> Quickst
     tiny = _is_default(cfg.model.path)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    total = 5 + int(cfg.dpo) + int(cfg.serve)
+    numbers = iter(range(1, total + 1))
 
     def stage(name: str, title: str):
-        say(f"\n== {title} ==")
+        say(f"\n== {next(numbers)}/{total} {title} ==")
         timings[name] = time.perf_counter()
 
     def done(name: str) -> None:
         timings[name] = round(time.perf_counter() - timings[name], 1)
 
     # 1. data
-    stage("data", "1/6 prepare the demo data (validate, redact personal data, deduplicate, split)")
+    stage("data", "prepare the demo data (validate, redact personal data, deduplicate, split)")
     from tunesmith.data import demo, prepare
 
     demo.run(DemoDataConfig(out=out / "demo-data"))
@@ -91,17 +95,18 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> Quickst
     done("data")
 
     # 2. train
-    stage("train", "2/6 fine-tune with LoRA")
+    stage("train", "fine-tune with LoRA")
     from tunesmith.train import sft
 
     steps = cfg.steps if cfg.steps is not None else (cfg.default_model_steps if tiny else None)
+    learning_rate = cfg.learning_rate or (5e-3 if tiny else 2e-4)
     train_cfg = TrainConfig.model_validate({
         "model": cfg.model.model_dump(), "data": str(out / "data"), "method": "lora",
         "output_dir": str(out / "train"),
         # No LoRA dropout: on the demo it trains 20% faster on CPU with at least as good results.
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
         # Real models: 4 packed rows of 256 tokens per step (a 135M model: see README for the budget).
-        "train": {"learning_rate": cfg.learning_rate or (5e-3 if tiny else 2e-4), "micro_batch_size": 16 if tiny else 4,
+        "train": {"learning_rate": learning_rate, "micro_batch_size": 16 if tiny else 4,
                   "max_seq_len": cfg.max_seq_len, "log_every": 10, "seed": cfg.seed,
                   **({"max_steps": steps, "eval_every": max(1, steps // 2)} if steps else {})},
     })
@@ -109,18 +114,27 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> Quickst
     done("train")
 
     # 3. evaluate
-    stage("eval", "3/6 evaluate base vs tuned on the held-out test set")
+    stage("eval", "evaluate base vs tuned on the held-out test set")
     from tunesmith.eval import run as evaluation
 
+    generation = {"max_new_tokens": 96, "batch_size": 16}
     metrics = evaluation.run(EvalConfig(
         model=str(out / "train"), data=out / "demo-data" / "test.jsonl", out=out / "eval", compare_base=True,
-        limit=cfg.eval_limit, json_fields=["category", "priority"],
-        generation={"max_new_tokens": 96, "batch_size": 16},
+        limit=cfg.eval_limit, json_fields=["category", "priority"], generation=generation,
     ), say=say).metrics
     done("eval")
 
+    dpo = None
+    if cfg.dpo:
+        stage("dpo", "DPO after SFT on the demo preference pairs, then base vs SFT vs SFT + DPO")
+        from tunesmith import quickstart_dpo
+
+        dpo = quickstart_dpo.run_stage(cfg, out, tiny=tiny, sft_learning_rate=learning_rate, generation=generation,
+                                       sft_metrics=metrics, say=say)
+        done("dpo")
+
     # 4. merge and export
-    stage("export", "4/6 merge, export GGUF + Ollama Modelfile, check parity")
+    stage("export", "merge, export GGUF + Ollama Modelfile, check parity")
     from tunesmith.export import merge, run as export
 
     merged = merge.run(MergeConfig(run=str(out / "train"), out=out / "merged"), say=say)
@@ -132,24 +146,25 @@ def run(cfg: QuickstartConfig, *, say: Callable[[str], None] = print) -> Quickst
     # 5. serve
     answer = None
     if cfg.serve:
-        stage("serve", "5/6 serve base + adapter and ask it through the openai SDK")
+        stage("serve", "serve base + adapter and ask it through the openai SDK")
         answer = _serve_and_ask(out, resolve_model_path(cfg.model.path), say)
         done("serve")
 
     # 6. summary
-    say("\n== 6/6 summary ==")
+    say(f"\n== {next(numbers)}/{total} summary ==")
     summary = {
         "out": str(out),
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {k: v for k, v in timings.items()},
         "train": {"steps": trained.steps, "final_loss": trained.final_loss, "best_val_loss": trained.best_val_loss},
-        "eval": {k: metrics.get(k) for k in ("examples", "base", "tuned", "delta", "win_rate")},
+        "eval": {k: metrics.get(k) for k in ("examples", "base", "tuned", "delta", "win_rate", "generation_speed")},
+        **({"dpo": dpo.as_dict()} if dpo is not None else {}),
         "merge": merged.parity,
         "export": exported.report,
         "answer": answer,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return QuickstartResult(out, summary, _summary_text(out, metrics, answer, cfg, summary["seconds"]))
+    return QuickstartResult(out, summary, _summary_text(out, metrics, answer, cfg, summary["seconds"], dpo))
 
 
 def _free_port() -> int:
@@ -198,18 +213,30 @@ def _serve_and_ask(out: Path, base: str, say: Callable[[str], None]) -> str:
         log.close()
 
 
-def _summary_text(out: Path, metrics: dict[str, Any], answer: str | None, cfg: QuickstartConfig, seconds: float) -> str:
+def _summary_text(out: Path, metrics: dict[str, Any], answer: str | None, cfg: QuickstartConfig, seconds: float,
+                  dpo=None) -> str:
     from tunesmith.eval.compare import side_by_side
     from tunesmith.eval.report import markdown_table
 
     lines = [f"finished in {seconds:.0f} s; everything is under {out}/", ""]
     table = markdown_table(side_by_side(metrics.get("base", {}), metrics["tuned"]))
     lines += [f"base vs tuned on {metrics['examples']} held-out tickets:", table, ""]
+    speed = metrics.get("generation_speed", {})
+    if speed:
+        lines += ["generation: " + "; ".join(f"{name} {v['examples_per_s']:.2f} examples/s"
+                                             for name, v in speed.items()), ""]
+    if dpo is not None:
+        from tunesmith.quickstart_dpo import markdown
+
+        lines += [f"DPO after SFT ({dpo.steps} steps on {dpo.pairs} pairs), the same {metrics['examples']} tickets:",
+                  markdown(dpo.table), ""]
     gguf = next(iter(sorted((out / "export").glob("*.gguf"))), None)
     lines += [
         "artifacts:",
         f"  prepared data    {out / 'data'}  (report.md)",
         f"  training run     {out / 'train'}  (adapter/, metrics.jsonl, loss.png)",
+        *([f"  DPO run          {out / 'dpo'}  (adapter/, reward_margin.png); evaluation {out / 'eval-dpo'}"]
+          if dpo is not None else []),
         f"  evaluation       {out / 'eval'}  (report.md, report.html, samples.jsonl)",
         f"  merged model     {out / 'merged'}",
         f"  GGUF + Modelfile {out / 'export'}",

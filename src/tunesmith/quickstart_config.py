@@ -28,4 +28,10 @@ class QuickstartConfig(StrictModel):
     gguf_quant: Literal["f16", "q8_0", "q4_0"] = "q8_0"
     serve: Annotated[bool, Flag()] = Field(
         True, description="start the server and ask the tuned adapter a question at the end")
+    dpo: Annotated[bool, Flag()] = Field(
+        False, description="after the SFT LoRA, train DPO on the demo preference pairs (the SFT adapter is its "
+                           "reference) and compare base, SFT and SFT + DPO on the held-out tickets")
+    dpo_steps: Optional[int] = Field(None, ge=1, description="DPO steps; default 60 for the embedded model, else 20")
+    dpo_learning_rate: Optional[float] = Field(None, gt=0, description="default: a tenth of the SFT learning rate")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO's beta (the paper's and TRL's default)")
     seed: int = 42

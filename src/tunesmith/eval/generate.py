@@ -24,6 +24,7 @@ from tunesmith.chat.templates import render_prompt
 from tunesmith.chat.tokens import stop_token_ids
 from tunesmith.errors import DataError
 from tunesmith.eval.config import GenerationSettings
+from tunesmith.eval.generate_loop import DecodeTrace, Sampling, decode_batch
 
 
 @dataclass
@@ -107,11 +108,13 @@ def generate(
     *,
     description: str = "generating",
     show_progress: bool = True,
+    trace: DecodeTrace | None = None,
 ) -> list[Generation]:
     """Generate an answer for every example, in batches of similar prompt length (less padding).
 
     Prompts are left-padded so every row's next token is at the same position. A row counts as
-    stopped when it produced one of the stop ids before `max_new_tokens`.
+    stopped when it produced one of the stop ids before `max_new_tokens`; it leaves the batch
+    (and the KV cache) at that step, so no compute goes to finished answers (generate_loop.py).
     """
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -119,16 +122,9 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     device = _device_of(model)
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-        "eos_token_id": stops, "pad_token_id": pad_id, "repetition_penalty": settings.repetition_penalty,
-    }
-    if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
-    else:
-        # Greedy: clear sampling fields a checkpoint's generation_config may carry, so none warns.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    torch.manual_seed(settings.seed)
+    sampling = Sampling(do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
+                        top_k=settings.top_k, repetition_penalty=settings.repetition_penalty,
+                        generator=torch.Generator(device=device).manual_seed(settings.seed))
     bar = progress_bar(description) if show_progress else None
     with bar if bar is not None else contextlib.nullcontext():
         task = bar.add_task(description, total=len(prompts), rate="") if bar is not None else None
@@ -140,15 +136,12 @@ def generate(
             for row, i in enumerate(batch):
                 ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]):] = 1
-            with torch.no_grad():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-            for row, i in enumerate(batch):
-                new = out[row, width:].tolist()
-                cut = next((j for j, t in enumerate(new) if t in stops), None)
-                tokens = new if cut is None else new[:cut]
+            decoded = decode_batch(model, ids.to(device), mask.to(device), max_new_tokens=settings.max_new_tokens,
+                                   stop_ids=stops, sampling=sampling, trace=trace)
+            for i, answer in zip(batch, decoded):
                 results[i] = Generation(
-                    text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                    num_tokens=len(tokens), stopped=cut is not None,
+                    text=tokenizer.decode(answer.tokens, skip_special_tokens=True).strip(),
+                    num_tokens=len(answer.tokens), stopped=answer.stopped,
                 )
             done += len(batch)
             if bar is not None:
