@@ -1,7 +1,9 @@
 """`tunesmith quickstart` end to end, as users run it: every stage on the embedded model and the
 demo task, offline, including a real server asked through the openai SDK. The tuned model must
-stop at its end-of-turn token, emit JSON and beat its base. To keep the suite short it trains
-120 steps instead of 150 and evaluates 40 held-out tickets instead of 120."""
+stop at its end-of-turn token, emit JSON and beat its base. It trains the demo's full 150 steps
+(at 120 the 4M model's stop rate sits right at the bar, 0.90 to 0.99 depending on which
+near-duplicates the data stage removed) and, to keep the suite short, evaluates 40 held-out
+tickets instead of 120."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 def tour(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart") / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "tunesmith", "quickstart", "--out", str(out), "--steps", "120", "--set", "eval_limit=40"],
+        [sys.executable, "-m", "tunesmith", "quickstart", "--out", str(out), "--steps", "150", "--set", "eval_limit=40"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
