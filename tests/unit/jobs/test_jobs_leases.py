@@ -84,6 +84,8 @@ def test_two_workers_run_two_jobs_once_each(make_worker):
         first.tick()
         second.tick()
     assert len(first.running) == len(second.running) == 1
+    # A trainer records its launch once its interpreter is up, which a busy machine can delay.
+    wait_until(lambda: all(_launches(run) for run in runs), timeout=30, what="both trainers to record their launch")
     assert [len(_launches(run)) for run in runs] == [1, 1]
     holders = {first.store.job(j)["worker"] for j in ("ftjob-a", "ftjob-b")}
     assert holders == {first.worker, second.worker}
