@@ -105,10 +105,15 @@ class ServerProcess:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0, timeout=60)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_gracefully(self.process)
+
+
+def stop_gracefully(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM (a server drains, a worker hands its job back), then SIGKILL after `timeout` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 from jobs_helpers import (BASE_ALIAS, events, jobs_settings, pid_alive, ticket_lines, wait_finished, wait_until,
-                          write_lines)
+                          stop_gracefully, write_lines)
 from safetensors.torch import load_file
 from serve_helpers import LiveServer
 
@@ -90,13 +90,7 @@ class Worker:
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_gracefully(self.process)
         self.log.close()
 
 

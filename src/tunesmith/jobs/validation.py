@@ -79,21 +79,27 @@ def openai_dpo_row(obj: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def example_row(obj: dict[str, Any], method: str) -> dict[str, Any]:
+    """One example of a training file as a schema row; Reject names the rule it breaks."""
+    if method == "dpo":
+        row, _ = normalise(openai_dpo_row(obj), "preference")
+        if row["chosen"] == row["rejected"]:
+            raise Reject("identical_pair", "preferred_output and non_preferred_output are the same",
+                         "non_preferred_output")
+    else:
+        if "messages" not in obj:
+            raise Reject("missing_messages", "the example has no `messages`", "messages")
+        row, _ = normalise(obj, "openai")
+    validate(row, max_chars=MAX_EXAMPLE_CHARS)
+    return row
+
+
 def check_examples(path: Path, method: str) -> list[dict[str, Any]]:
     """The file's examples as schema rows, or FileProblem naming the first broken line and rule."""
     rows = []
     for number, obj in iter_json_lines(path):
         try:
-            if method == "dpo":
-                row, _ = normalise(openai_dpo_row(obj), "preference")
-                if row["chosen"] == row["rejected"]:
-                    raise Reject("identical_pair", "preferred_output and non_preferred_output are the same",
-                                 "non_preferred_output")
-            else:
-                if "messages" not in obj:
-                    raise Reject("missing_messages", "the example has no `messages`", "messages")
-                row, _ = normalise(obj, "openai")
-            validate(row, max_chars=MAX_EXAMPLE_CHARS)
+            row = example_row(obj, method)
         except Reject as exc:
             field = f" ({exc.field})" if exc.field else ""
             raise FileProblem(number, exc.rule, f"{exc.message}{field}") from None

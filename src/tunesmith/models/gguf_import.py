@@ -137,7 +137,8 @@ def _dequantise_into(path: Path, target: Path, dtype: str, say: Callable[[str], 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # NotImplementedError (an unsupported architecture) is a RuntimeError
+    # An architecture transformers cannot read raises a subclass of RuntimeError, so it lands here too.
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(
             f"transformers cannot load {path}: {exc}",
             hint="transformers reads GGUF files of the architectures and quantisation types it lists in "

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Optional
 
-from tunesmith.data.formats import normalise
 from tunesmith.data.rules import RULES, Reject
-from tunesmith.data.validate import validate
-from tunesmith.jobs.validation import MAX_EXAMPLE_CHARS, openai_dpo_row
+from tunesmith.jobs.validation import example_row
 from tunesmith.ui.workspace import WorkspaceError
 
 MAX_PROBLEMS = 200  # a file broken on every line says so after this many
@@ -48,16 +46,7 @@ def check_line(raw: bytes, method: str) -> Optional[tuple[str, str]]:
     if not isinstance(obj, dict):
         return "not_an_object", f"expected a JSON object, got a {type(obj).__name__}"
     try:
-        if method == "dpo":
-            row, _ = normalise(openai_dpo_row(obj), "preference")
-            if row["chosen"] == row["rejected"]:
-                raise Reject("identical_pair", "preferred_output and non_preferred_output are the same",
-                             "non_preferred_output")
-        else:
-            if "messages" not in obj:
-                raise Reject("missing_messages", "the example has no `messages`", "messages")
-            row, _ = normalise(obj, "openai")
-        validate(row, max_chars=MAX_EXAMPLE_CHARS)
+        example_row(obj, method)
     except Reject as exc:
         return exc.rule, exc.message + (f" ({exc.field})" if exc.field else "")
     return None
