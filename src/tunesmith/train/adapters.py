@@ -10,6 +10,7 @@ import torch
 from tunesmith.train.config import LoraSettings, TrainConfig, TrainSettings
 from tunesmith.errors import TrainingError
 from tunesmith.train.dropout import use_cheap_dropout
+from tunesmith.train.lean_lora import use_lean_lora
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -68,6 +69,7 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
                             hint="check lora.target_modules against the model's module names") from None
     if device.startswith("cpu"):  # on GPUs PEFT's fused dropout is already cheap
         use_cheap_dropout(model)
+        use_lean_lora(model)
     return model
 
 
@@ -90,4 +92,5 @@ def load_adapter_for_training(model, cfg: TrainConfig, run_dir: Path, device: st
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     if device.startswith("cpu"):
         use_cheap_dropout(model)
+        use_lean_lora(model)
     return model

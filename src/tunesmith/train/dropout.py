@@ -34,14 +34,18 @@ class CheapMaskDropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
-            return x
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A boolean mask shaped like `x`, True where an element survives (drawn from torch's
+        global generator, so one call consumes the same draws as one forward)."""
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(_INT64_MIN, None)
         uniform16 = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767], uniformly
-        keep = uniform16 >= self.threshold - _LEVELS // 2
-        return torch.where(keep, x, 0).mul_(self.scale)
+        return uniform16 >= self.threshold - _LEVELS // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        return torch.where(self.keep_mask(x), x, 0).mul_(self.scale)
 
 
 def use_cheap_dropout(model: nn.Module) -> int:
