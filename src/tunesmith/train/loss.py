@@ -33,6 +33,7 @@ cross-entropies the model's own loss computes, divided by the same token count.
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from functools import partial
@@ -42,7 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.chat.masking import IGNORE_INDEX
+from tunesmith.plan.shapes import LOGIT_POSTPROCESSING  # config fields that change logits after the head
 from tunesmith.train.sharding import unwrap
+
+logger = logging.getLogger(__name__)
 
 
 def trained_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,8 @@ def causal_lm_loss_and_hits(model, inputs: dict[str, Any], num_items: float,
                 loss_sum, hits = fused.result
                 return _with_aux_loss(model, out, loss_sum / num_items, targets, num_items), int(hits.item())
             # The model changed the head's output after all: recompute through its own logits.
-            out = None
+            _warn_unfused_once(model)
+            out = fused = None  # drop the first forward's graph before the second
         out = model(**inputs, logits_to_keep=keep)
     else:
         out = model(**inputs)
@@ -95,6 +100,17 @@ def causal_lm_loss_and_hits(model, inputs: dict[str, Any], num_items: float,
     loss = F.cross_entropy(logits.float(), targets, reduction="sum") / num_items
     hits = int((logits.detach().argmax(dim=-1) == targets).sum().item())
     return _with_aux_loss(model, out, loss, targets, num_items), hits
+
+
+def _warn_unfused_once(model) -> None:
+    name = type(_causal_lm(model)).__name__
+    if name not in _WARNED:
+        _WARNED.add(name)
+        logger.warning("%s changes the output head's result after the head; its loss is computed from "
+                       "full logits, with one more forward pass per micro-batch", name)
+
+
+_WARNED: set[str] = set()
 
 
 def _with_aux_loss(model, out, loss: torch.Tensor, targets: torch.Tensor, num_items: float) -> torch.Tensor:
@@ -108,15 +124,10 @@ def _with_aux_loss(model, out, loss: torch.Tensor, targets: torch.Tensor, num_it
 
 # --------------------------------------------------------------------------- fused output head
 
-# fp32 logits one chunk of the fused head holds at a time; the backward pass holds about three
-# such tensors (logits, softmax minus one-hot in the compute dtype, its transpose product).
+# fp32 logits one chunk of the fused head holds at a time (in bf16 the chunk's bf16 logits and
+# gradient come on top); MIN_CHUNK_ROWS keeps matrix products efficient at 150k+ vocabularies.
 CHUNK_BYTES = 32 * 2**20
 MIN_CHUNK_ROWS = 16
-
-# Config fields of transformers 5.23 models that change logits after the output head
-# (Gemma 2/3, Cohere, Granite, Falcon-H1, Hyperclova X, Inkling ...): their models are not fused.
-LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_softcapping", "softcap", "logit_scale",
-                        "logits_scaling", "output_multiplier", "lm_head_multiplier", "unpadded_vocab_size")
 
 
 def _fusable_heads(model) -> list[torch.nn.Linear]:

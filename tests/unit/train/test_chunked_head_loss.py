@@ -209,7 +209,7 @@ def _scaled_cohere():
 
 
 @pytest.mark.parametrize("build", [_softcapped_gemma, _scaled_cohere])
-def test_models_that_change_logits_after_the_head_are_not_fused(build, monkeypatch):
+def test_models_that_change_logits_after_the_head_are_not_fused(build, monkeypatch, caplog):
     model = build()
     with torch.no_grad():  # logits of a few units, where capping or scaling them matters
         model.get_output_embeddings().weight.mul_(50)
@@ -228,11 +228,13 @@ def test_models_that_change_logits_after_the_head_are_not_fused(build, monkeypat
         # something else than the head's output sends the step through the model's logits.
         with monkeypatch.context() as m:
             m.setattr(loss_module, "LOGIT_POSTPROCESSING", ())
+            m.setattr(loss_module, "_WARNED", set())
             head_only = []
             original = ChunkedHeadCrossEntropy.apply
             m.setattr(ChunkedHeadCrossEntropy, "apply", lambda *a: head_only.append(original(*a)) or head_only[-1])
             guarded, _ = causal_lm_loss_and_hits(model, batch, n)
         assert len(head_only) == 1
+        assert "computed from full logits" in caplog.text
         assert not torch.allclose(head_only[0][0] / n, reference, rtol=1e-3)
         torch.testing.assert_close(guarded, reference, rtol=1e-5, atol=1e-6)
 
@@ -250,3 +252,10 @@ def test_the_head_forward_is_restored_after_the_call_even_on_error(monkeypatch):
     assert "forward" not in head.__dict__
     keep = trained_positions(batch["labels"])
     assert model(input_ids=batch["input_ids"], logits_to_keep=keep).logits.shape == (int(keep.sum()), VOCAB)
+
+
+def test_the_planner_counts_the_chunk_the_loss_uses():
+    from tunesmith.plan import memory
+
+    assert (memory.FUSED_HEAD_CHUNK_BYTES, memory.FUSED_HEAD_MIN_ROWS) == (loss_module.CHUNK_BYTES,
+                                                                          loss_module.MIN_CHUNK_ROWS)
