@@ -85,9 +85,11 @@ def causal_lm_loss_and_hits(model, inputs: dict[str, Any], num_items: float,
             fused = _FusedHeadCall(targets, chunk_rows)
             with fused.patched(heads):
                 out = model(**inputs, logits_to_keep=keep)
-            if fused.result is not None and out.logits is fused.result[0]:
-                loss_sum, hits = fused.result
-                return _with_aux_loss(model, out, loss_sum / num_items, targets, num_items), int(hits.item())
+            if _returned_unchanged(out.logits, fused.result):
+                # out.logits rather than our own tensor: a wrapper's hook on the head (ZeRO-3's,
+                # which gathers the head's weight again before its backward) may pass it through.
+                hits = fused.result[1]
+                return _with_aux_loss(model, out, out.logits / num_items, targets, num_items), int(hits.item())
             # The model changed the head's output after all: recompute through its own logits.
             _warn_unfused_once(model)
             out = fused = None  # drop the first forward's graph before the second
@@ -100,6 +102,14 @@ def causal_lm_loss_and_hits(model, inputs: dict[str, Any], num_items: float,
     loss = F.cross_entropy(logits.float(), targets, reduction="sum") / num_items
     hits = int((logits.detach().argmax(dim=-1) == targets).sum().item())
     return _with_aux_loss(model, out, loss, targets, num_items), hits
+
+
+def _returned_unchanged(logits, result: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """Whether the model returned the fused head's loss sum as it was computed: the very tensor,
+    or the same value passed through a module hook (DeepSpeed wraps every module's outputs)."""
+    if result is None or not isinstance(logits, torch.Tensor) or logits.dim() != 0:
+        return False
+    return logits is result[0] or torch.equal(logits.detach(), result[0].detach())
 
 
 def _warn_unfused_once(model) -> None:
