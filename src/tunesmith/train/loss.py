@@ -26,8 +26,9 @@ module's forward (FSDP2, ZeRO-3) and DDP's graph traversal see the head's weight
 It is taken only when it computes the same thing as the model: the model slices hidden states
 with a boolean `logits_to_keep`, the head is a plain `torch.nn.Linear`, and the config has no
 logit post-processing (soft-capping, a logit scale or multiplier, a truncated vocabulary). As a
-last guard the model must return the head's output untouched; otherwise the step is recomputed
-through the model's own logits. Either way the loss is the same sum of per-token
+last guard the model must return the head's result unchanged (the same tensor, or the same value
+passed through a module hook, as DeepSpeed's); otherwise the step is recomputed through the
+model's own logits, with a warning. Either way the loss is the same sum of per-token
 cross-entropies the model's own loss computes, divided by the same token count.
 """
 

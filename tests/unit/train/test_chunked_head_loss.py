@@ -259,3 +259,34 @@ def test_the_planner_counts_the_chunk_the_loss_uses():
 
     assert (memory.FUSED_HEAD_CHUNK_BYTES, memory.FUSED_HEAD_MIN_ROWS) == (loss_module.CHUNK_BYTES,
                                                                           loss_module.MIN_CHUNK_ROWS)
+
+
+def test_a_hook_passing_the_heads_output_through_keeps_the_fused_path(monkeypatch):
+    """DeepSpeed ZeRO-3 wraps every module's output in its own autograd function (to gather the
+    weights again before the module's backward): same value, another tensor. The loss must flow
+    through that wrapper, and a hook that changes the value must send the step down the unfused path."""
+    model = get_peft_model(_llama(), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    batch = _batch()
+    n = float(_trained(batch))
+    unfused = _run(model, batch, n, False, monkeypatch)
+    passed_through = []
+
+    def pass_through(_module, _args, output):
+        passed_through.append(True)
+        return output.view_as(output)  # a new tensor with the same value, backpropagating through the view
+
+    handle = model.base_model.model.lm_head.register_forward_hook(pass_through)
+    try:
+        _assert_same(_run(model, batch, n, True, monkeypatch, 8), unfused)
+    finally:
+        handle.remove()
+    assert passed_through
+
+    handle = model.base_model.model.lm_head.register_forward_hook(lambda _m, _a, output: output * 2)
+    try:
+        model.zero_grad(set_to_none=True)
+        doubled, _ = causal_lm_loss_and_hits(model, batch, n, chunk_rows=8)
+        reference = model(**batch, num_items_in_batch=n).loss
+    finally:
+        handle.remove()
+    torch.testing.assert_close(doubled, reference, rtol=1e-5, atol=1e-6)
