@@ -16,8 +16,11 @@ tests/integration/test_plan_calibration.py):
   its dropped-out copies) and rank-r intermediates, and the attention
   mask SDPA receives for packed rows (rows x length^2 per layer); with gradient checkpointing,
   one hidden state per layer plus one layer recomputed;
-- the output head at the trained positions only (`train/loss.py`): logits, their fp32 copy,
-  log-softmax and its gradient, for the share of positions that carry loss;
+- the output head at the trained positions only (`train/loss.py`): for SFT, fused with the loss
+  in chunks, the hidden states and a logsumexp per trained position plus one chunk's logits and
+  their gradient; for preference objectives and models whose logits are capped or scaled after
+  the head, the logits, their fp32 copy, log-softmax and its gradient, for the share of positions
+  that carry loss;
 - preference objectives: two rows (chosen, rejected) per pair, and for DPO/KTO the reference
   log-probabilities (a copy of the model for full fine-tuning; LoRA uses the base with the
   adapter switched off);
@@ -34,6 +37,11 @@ from tunesmith.plan.devices import CUDA_CONTEXT_BYTES, GIB, Target
 from tunesmith.plan.shapes import ModelShape
 
 PREFERENCE_PAIRS = ("dpo", "orpo", "simpo")
+# Objectives whose loss fuses the output head with the cross-entropy (`train/loss.py`), and its
+# chunk size (CHUNK_BYTES and MIN_CHUNK_ROWS there).
+FUSED_HEAD_OBJECTIVES = ("sft", "pretrain")
+FUSED_HEAD_CHUNK_BYTES = 32 * 2**20
+FUSED_HEAD_MIN_ROWS = 16
 NEEDS_REFERENCE = ("dpo", "kto")
 
 # CPU runs: the resident memory of a `tunesmith train` process before the model is loaded (Python,
@@ -183,6 +191,11 @@ def _layer_elements(shape: ModelShape, w: Workload, masked: bool) -> tuple[float
     return act, fp32
 
 
+def head_is_fused(shape: ModelShape, w: Workload) -> bool:
+    """Whether training computes the output head fused with the loss, in chunks (`train/loss.py`)."""
+    return w.objective in FUSED_HEAD_OBJECTIVES and not shape.logits_postprocessed
+
+
 def activation_bytes(shape: ModelShape, w: Workload) -> tuple[int, int, int]:
     """(saved layer activations, attention masks, output head) for one micro-batch."""
     tokens = w.rows * w.seq_len
@@ -196,11 +209,17 @@ def activation_bytes(shape: ModelShape, w: Workload) -> tuple[int, int, int]:
     else:
         layers = per_layer * shape.layers
         masks = mask_per_layer * shape.layers
-    # Output head at trained positions: logits (fp32 under QLoRA's fp32 head), their fp32 copy,
-    # log-softmax and its gradient live together at the start of the backward pass.
     trained = tokens * w.trained_share
     logit_bytes = 4 if w.method == "qlora" else w.dtype_bytes
-    head = int(trained * shape.vocab * (logit_bytes + 4 + 4) + trained * shape.hidden * w.dtype_bytes)
+    if head_is_fused(shape, w):
+        # Head fused with the loss, in chunks: the hidden states at trained positions and one
+        # logsumexp per position are saved; one chunk's logits and their gradient are transient.
+        chunk = min(trained, max(FUSED_HEAD_MIN_ROWS, FUSED_HEAD_CHUNK_BYTES // (4 * shape.vocab)))
+        head = int(trained * (shape.hidden * w.dtype_bytes + 4) + chunk * shape.vocab * (logit_bytes + 4))
+    else:
+        # Logits at trained positions (fp32 under QLoRA's fp32 head), their fp32 copy, log-softmax
+        # and its gradient live together at the start of the backward pass.
+        head = int(trained * shape.vocab * (logit_bytes + 4 + 4) + trained * shape.hidden * w.dtype_bytes)
     return int(layers), int(masks), head
 
 
@@ -250,7 +269,8 @@ def estimate(shape: ModelShape, w: Workload, target: Target, serve_batch: int, s
     components.append(Component("activations", layers, act_note))
     if masks:
         components.append(Component("attention masks", masks, "SDPA mask of packed/padded rows"))
-    components.append(Component("output head", head, f"logits at {w.trained_share:.0%} of positions"))
+    fused = " (fused with the loss)" if head_is_fused(shape, w) else ""
+    components.append(Component("output head", head, f"logits at {w.trained_share:.0%} of positions{fused}"))
     if w.objective in NEEDS_REFERENCE:
         components.append(Component("reference log-probs", w.rows * 8, "one number per sequence"))
     dynamic = layers + masks + head

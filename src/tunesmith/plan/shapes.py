@@ -14,6 +14,13 @@ from typing import Any
 
 from tunesmith.errors import ModelError
 
+# Config fields of transformers 5.23 models that change logits after the output head (Gemma 2/3
+# soft-capping, Cohere's logit scale, Granite's logits scaling, Falcon-H1's head multiplier,
+# Inkling's truncated vocabulary ...). Training fuses the output head with the loss only without
+# them (`tunesmith.train.loss`).
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_softcapping", "softcap", "logit_scale",
+                        "logits_scaling", "output_multiplier", "lm_head_multiplier", "unpadded_vocab_size")
+
 # config.json values (the fields the planner uses) of common bases, as their model cards publish them.
 _LLAMA_3_8B = dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                    num_key_value_heads=8, intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False)
@@ -71,6 +78,7 @@ class ModelShape:
     attention_bias: bool = False
     experts: int = 1            # mixture-of-experts: expert MLPs per layer
     experts_per_token: int = 1
+    logits_postprocessed: bool = False  # soft-capped or scaled after the head: SFT's head is not fused
 
     @property
     def q_width(self) -> int:
@@ -155,7 +163,8 @@ def shape_from_config(config: Any, name: str) -> ModelShape:
     return ModelShape(name=name, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                       intermediate=intermediate, vocab=vocab, tied_embeddings=True if tied is None else bool(tied),
                       attention_bias=bool(get("attention_bias") or get("model_type") == "qwen2"),
-                      experts=experts, experts_per_token=min(per_token, experts))
+                      experts=experts, experts_per_token=min(per_token, experts),
+                      logits_postprocessed=any(get(k) is not None for k in LOGIT_POSTPROCESSING))
 
 
 def load_shape(path: str, trust_remote_code: bool = False) -> ModelShape:
