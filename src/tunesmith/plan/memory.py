@@ -47,13 +47,14 @@ NEEDS_REFERENCE = ("dpo", "kto")
 # CPU runs: the resident memory of a `tunesmith train` process before the model is loaded (Python,
 # torch, transformers, peft, tokenizer, data), and what glibc's allocator keeps on top of the saved
 # activations. Every LoRA layer adds short-lived tensors in the forward and backward passes (the
-# adapter's product, the dropout mask draw, the gradients of its input); that churn leaves about
-# 0.3 times the activations again resident after the first steps (PEFT's own forward, with three
-# full-width temporaries per layer instead of train/lean_lora.py's one, left 0.7), while full
-# fine-tuning keeps about a tenth more. Calibrated on each run's own VmHWM, see
+# adapter's product, the dropout mask draw, the gradients of its input), and the lean MLP
+# recomputes its activation in the backward pass; that churn leaves about 0.4 times the saved
+# activations again resident after the first steps (PEFT's own forward, with three full-width
+# temporaries per layer instead of train/lean_lora.py's one, left 0.7 on top of larger
+# activations), while full fine-tuning keeps about a tenth more. Calibrated on each run's own VmHWM, see
 # tests/integration/test_plan_calibration.py.
 CPU_FRAMEWORK_BYTES = int(0.52 * GIB)
-CPU_ALLOCATOR_OVERHEAD = {"lora": 0.3, "full": 0.1}
+CPU_ALLOCATOR_OVERHEAD = {"lora": 0.4, "full": 0.1}
 # GPU runs: the caching allocator's fragmentation on top of the activations.
 GPU_ALLOCATOR_OVERHEAD = 0.05
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, an 8-bit absmax per 64 weights and
@@ -114,7 +115,7 @@ class Workload:
     trained_share: float
     offload_optimizer: bool
     offload_params: bool
-    lean_lora: bool = False   # train/lean_lora.py runs the LoRA layers (LoRA on CPU)
+    lean_lora: bool = False   # train/lean_lora.py and lean_mlp.py run the layers (LoRA on CPU)
 
 
 def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) -> Workload:
@@ -173,7 +174,7 @@ def _layer_elements(shape: ModelShape, w: Workload, masked: bool) -> tuple[float
     fp32 = 2 * h                                    # RMSNorm inputs, upcast to fp32
     kv_saved = q if masked and shape.kv_heads != shape.heads else kv
     act = q + 2 * kv_saved + q                      # attention: query, key, value, output
-    act += 3 * i                                     # gate output, its activation, up output
+    act += (2 if w.lean_lora else 3) * i            # gate and up outputs (and the activation, unless lean)
     if full:
         act += 2 * h                                 # normalised inputs, kept for the norm weights' gradient
     adapted = set(shape.adapted_modules(w.lora_targets)) if not full else set()

@@ -11,6 +11,7 @@ from tunesmith.train.config import LoraSettings, TrainConfig, TrainSettings
 from tunesmith.errors import TrainingError
 from tunesmith.train.dropout import use_cheap_dropout
 from tunesmith.train.lean_lora import use_lean_lora
+from tunesmith.train.lean_mlp import use_lean_mlp
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -70,6 +71,7 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
     if device.startswith("cpu"):  # on GPUs PEFT's fused dropout is already cheap
         use_cheap_dropout(model)
         use_lean_lora(model)
+        use_lean_mlp(model)
     return model
 
 
@@ -93,4 +95,5 @@ def load_adapter_for_training(model, cfg: TrainConfig, run_dir: Path, device: st
     if device.startswith("cpu"):
         use_cheap_dropout(model)
         use_lean_lora(model)
+        use_lean_mlp(model)
     return model
