@@ -48,6 +48,8 @@ def import_or_stand_in(name: str, notes: list[str]) -> None:
         for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             del sys.modules[loaded]
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if exc.__cause__ is not None:  # torch's "Could not load this library" hides the missing dependency
+            reason += f" ({type(exc.__cause__).__name__}: {exc.__cause__})".splitlines()[0]
         sys.modules[name] = Unusable(name, reason)
         notes.append(f"{name} does not import in LLaMA-Factory's environment ({reason}); LLaMA-Factory imports it "
                      "at start-up for audio inputs only, so a stand-in that fails on any use took its place")
