@@ -138,16 +138,6 @@ def write_dataset(rows: list[dict], dataset_dir: Path) -> None:
     (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
 
 
-def template_for(model_dir: str | Path) -> str | None:
-    """The LLaMA-Factory template matching a model's chat template: `smollm2` for SmolLM2 (ChatML
-    with SmolLM's default system prompt), otherwise None, which makes LLaMA-Factory parse the
-    tokenizer's own chat template (`parse_template`)."""
-    directory = Path(model_dir)
-    texts = [directory / "chat_template.jinja", directory / "tokenizer_config.json"]
-    chat_template = "".join(path.read_text() for path in texts if path.exists())
-    return "smollm2" if "You are a helpful AI assistant named SmolLM" in chat_template else None
-
-
 def model_directory(model: str) -> Path:
     if model == "default":
         import tunesmith.models
@@ -158,14 +148,21 @@ def model_directory(model: str) -> Path:
 
 def try_llamafactory(args, data: Path, timeout_s: int = 3600) -> dict:
     """Train with `llamafactory-cli train` in its own environment on the first `args.examples`
-    conversations of `data`; the result as the other variants report it, or `{"error": why}`."""
+    conversations of `data`; the result as the other variants report it, or `{"error": why}`.
+
+    The template is `args.llamafactory_template`, or when that is None the model's own chat
+    template as LLaMA-Factory parses it (`template` left out of the configuration). Checked on
+    the demo tickets: the parsed template renders the demo model's and SmolLM2's prompts exactly
+    as their chat templates do, SmolLM2's default system prompt included; LLaMA-Factory's named
+    `smollm2` template differs in one token (a full stop after that system prompt). Both train the
+    newline after `<|im_end|>` that the chat templates put between turns."""
     try:
         python = ensure_venv()
     except PeerUnavailable as exc:
         return {"error": str(exc)}
     rows = [json.loads(line) for line in data.read_text().splitlines()[: args.examples]]
     model = model_directory(args.model)
-    template = template_for(model)
+    template = getattr(args, "llamafactory_template", None)
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(rows, Path(tmp) / "data")
         config = Path(tmp) / "train.yaml"

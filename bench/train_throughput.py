@@ -14,7 +14,7 @@ Variants, each in its own process so the peak memory it reports is its own:
 - llamafactory: `llamafactory-cli train` (LLaMA-Factory 0.9.5, installed on first use into its own
   virtual environment, see bench/peers_llamafactory.py) with `neat_packing` (packing without
   attention across examples) on the same conversations in its ShareGPT format; its template is
-  the tokenizer's own chat template, parsed by LLaMA-Factory, or `smollm2` for SmolLM2.
+  the model's own chat template as LLaMA-Factory parses it, or --llamafactory-template NAME.
 All train the same model with LoRA r16, alpha 32, dropout 0.05 on every linear layer, learning
 rate 2e-4 (cosine, 3% warmup), the same micro-batch size and number of optimiser steps, fp32, no
 gradient checkpointing, on the first --examples demo tickets. tunesmith, Trainer and TRL train
@@ -139,6 +139,9 @@ def main() -> None:
                          "(examples up to ~250 tokens) a padded micro-batch then holds about as many tokens")
     ap.add_argument("--peers", default=",".join(PEERS),
                     help=f"comma-separated peers to run next to tunesmith, from {', '.join(PEERS)} (default: all)")
+    ap.add_argument("--llamafactory-template", metavar="NAME",
+                    help="a template LLaMA-Factory names (e.g. smollm2, chatml); default: it parses the model's own "
+                         "chat template, which renders the demo model's and SmolLM2's prompts exactly")
     ap.add_argument("--variant", choices=["tunesmith", "trainer", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.model = resolve_model(args.model)

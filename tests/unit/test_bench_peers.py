@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from child_runs import counting_trained_tokens, print_table, trained_in  # noqa: E402
 from llamafactory_child import Unusable, import_or_stand_in  # noqa: E402
-from peers_llamafactory import llamafactory_config, template_for, to_yaml, write_dataset  # noqa: E402
+from peers_llamafactory import llamafactory_config, to_yaml, write_dataset  # noqa: E402
 
 
 def test_config_yaml_reads_back_as_written_even_with_awkward_paths(tmp_path):
@@ -57,16 +57,6 @@ def test_dataset_files_register_the_conversations_as_sharegpt(tmp_path):
     assert info["tags"]["system_tag"] == "system" and info["tags"]["assistant_tag"] == "assistant"
     written = [json.loads(line) for line in (tmp_path / "data" / info["file_name"]).read_text().splitlines()]
     assert written == [{"messages": row["messages"]} for row in rows]
-
-
-def test_template_is_smollm2_only_for_smollm2s_chat_template(tmp_path):
-    smol = tmp_path / "smol"
-    smol.mkdir()
-    (smol / "tokenizer_config.json").write_text(json.dumps({"chat_template": (
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
-        "trained by Hugging Face<|im_end|>\n{% endif %}")}))
-    assert template_for(smol) == "smollm2"
-    assert template_for(REPO / "src" / "tunesmith" / "models" / "default") is None
 
 
 def test_trained_tokens_are_counted_in_the_steps_trained_not_the_first_position():
