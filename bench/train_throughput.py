@@ -161,6 +161,10 @@ def main() -> None:
             results[variant] = try_llamafactory(args, DATA)
         else:
             results[variant] = try_variant(__file__, variant, passed)
+        done = results[variant]
+        print(f"  {variant}: " + (done["error"].splitlines()[-1] if "error" in done else
+                                  f"{done['tokens_per_s']:.0f} trained tok/s, peak {done['peak_rss_mb']:.0f} MB"),
+              flush=True)
     if "error" not in results.get("llamafactory", {"error": ""}):
         _, data = _tokenized(args.model, args.examples, args.max_seq_len)
         theirs = results["llamafactory"]
