@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train.loss import _takes_boolean_logits_to_keep, trained_positions
+from tunesmith.train.loss import takes_boolean_logits_to_keep, trained_positions
 
 
 def sequence_logps(model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,7 +21,7 @@ def sequence_logps(model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.T
     labels = inputs.pop("labels")
     keep = trained_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    if _takes_boolean_logits_to_keep(model):
+    if takes_boolean_logits_to_keep(model):
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     else:
         logits = model(**inputs, use_cache=False).logits

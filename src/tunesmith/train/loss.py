@@ -80,7 +80,7 @@ def causal_lm_loss_and_hits(model, inputs: dict[str, Any], num_items: float,
     keep = trained_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     out = None
-    if _takes_boolean_logits_to_keep(model):
+    if takes_boolean_logits_to_keep(model):
         heads = _fusable_heads(model)
         if heads:
             fused = _FusedHeadCall(targets, chunk_rows)
@@ -275,7 +275,7 @@ def _causal_lm(model):
     return get_base() if callable(get_base) else model
 
 
-def _takes_boolean_logits_to_keep(model) -> bool:
+def takes_boolean_logits_to_keep(model) -> bool:
     """Whether the model's forward slices hidden states with transformers' `slice_logits_to_keep`,
     which takes a boolean mask. Earlier transformers releases (5.17 among them), and remote code
     copied from them, index `hidden_states[:, logits_to_keep, :]`, which a mask breaks."""
