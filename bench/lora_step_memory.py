@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import time
-import resource
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from child_runs import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 TICKETS = REPO / "examples" / "data" / "tickets" / "test.jsonl"
@@ -30,10 +30,6 @@ TICKETS = REPO / "examples" / "data" / "tickets" / "test.jsonl"
 def rss_mb() -> float:
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS"))
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -115,7 +111,7 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
         print(f"step {step} ({time.perf_counter() - start:.2f} s, {time.process_time() - cpu:.2f} CPU s): rss before {before:.0f} MB, after forward "
-              f"{after_forward:.0f} MB, after the step {rss_mb():.0f} MB; peak so far {peak_mb():.0f} MB")
+              f"{after_forward:.0f} MB, after the step {rss_mb():.0f} MB; peak so far {peak_rss_mb():.0f} MB")
     print(f"tensors saved for backward (parameters excluded): {sum(saved.values()) / 2**20:.0f} MiB")
     for kind, size in sorted(saved.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<40} {size / 2**20:8.1f} MiB")
