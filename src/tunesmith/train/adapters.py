@@ -9,6 +9,7 @@ import torch
 
 from tunesmith.train.config import LoraSettings, TrainConfig, TrainSettings
 from tunesmith.errors import TrainingError
+from tunesmith.train.cpu_attention import use_grouped_attention_on_cpu
 from tunesmith.train.dropout import use_cheap_dropout
 from tunesmith.train.lean_lora import use_lean_lora
 from tunesmith.train.lean_mlp import use_lean_mlp
@@ -37,6 +38,8 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        if device.startswith("cpu"):
+            use_grouped_attention_on_cpu()
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -68,11 +71,19 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
     except ValueError as exc:
         raise TrainingError(f"cannot attach LoRA adapters: {exc}",
                             hint="check lora.target_modules against the model's module names") from None
-    if device.startswith("cpu"):  # on GPUs PEFT's fused dropout is already cheap
-        use_cheap_dropout(model)
-        use_lean_lora(model)
-        use_lean_mlp(model)
+    if device.startswith("cpu"):
+        use_lean_cpu_layers(model)
     return model
+
+
+def use_lean_cpu_layers(model) -> None:
+    """The CPU forms of a LoRA model's layers: cheaper dropout masks, a LoRA branch and gated MLP
+    that keep less for the backward pass, grouped-query attention without repeated keys. On GPUs
+    PEFT's fused dropout is already cheap and the rest is untested, so they are CPU-only."""
+    use_cheap_dropout(model)
+    use_lean_lora(model)
+    use_lean_mlp(model)
+    use_grouped_attention_on_cpu()
 
 
 def load_adapter_for_training(model, cfg: TrainConfig, run_dir: Path, device: str = "cpu"):
@@ -93,7 +104,5 @@ def load_adapter_for_training(model, cfg: TrainConfig, run_dir: Path, device: st
         model.enable_input_require_grads()
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     if device.startswith("cpu"):
-        use_cheap_dropout(model)
-        use_lean_lora(model)
-        use_lean_mlp(model)
+        use_lean_cpu_layers(model)
     return model

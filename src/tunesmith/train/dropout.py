@@ -42,10 +42,32 @@ class CheapMaskDropout(nn.Module):
         uniform16 = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767], uniformly
         return uniform16 >= self.threshold - _LEVELS // 2
 
+    def noise(self, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The keep-mask as multipliers: `scale` where an element survives, 0 where it is dropped."""
+        return survivor_noise(keep, self.scale, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
-        return torch.where(self.keep_mask(x), x, 0).mul_(self.scale)
+        return apply_noise(x, self.keep_mask(x), self.scale)
+
+
+def survivor_noise(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    # Through uint8, not bool: torch's CPU kernels convert uint8 to float several times faster.
+    return keep.view(torch.uint8).to(dtype).mul_(scale)
+
+
+def apply_noise(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` with the dropped elements zeroed and the survivors multiplied by `scale`.
+
+    In float32, one product with a {0, scale} multiplier: a survivor gets the same single
+    rounding of x * scale as a masked select followed by the scaling, at a third of the cost
+    on CPU (a dropped element becomes -0.0 where x < 0, which no sum or product distinguishes
+    from 0.0). Other dtypes would round the multiplier itself, so they select and scale.
+    """
+    if x.dtype == torch.float32:
+        return x * survivor_noise(keep, scale, x.dtype)
+    return torch.where(keep, x, 0).mul_(scale)
 
 
 def use_cheap_dropout(model: nn.Module) -> int:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.train.dropout import CheapMaskDropout
+from tunesmith.train.dropout import CheapMaskDropout, apply_noise, survivor_noise
 
 
 class LeanLoraBranch(torch.autograd.Function):
@@ -41,7 +41,7 @@ class LeanLoraBranch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
                 keep: Optional[torch.Tensor], keep_scale: float) -> torch.Tensor:
-        dropped = x if keep is None else torch.where(keep, x, 0).mul_(keep_scale)
+        dropped = x if keep is None else apply_noise(x, keep, keep_scale)
         down = F.linear(dropped, a)
         ctx.scaling, ctx.keep_scale = scaling, keep_scale
         ctx.save_for_backward(x, a, b, down, keep)
@@ -56,13 +56,23 @@ class LeanLoraBranch(torch.autograd.Function):
         grad_b = grad_up.t().mm(down_2d) if need_b else None
         grad_down = grad_up.mm(b)
         grad_a = grad_x = None
+        # One {0, scale} multiplier serves both gradients (float32; other dtypes select and scale)
+        noise = survivor_noise(keep, ctx.keep_scale, x.dtype) if keep is not None and x.dtype == torch.float32 else None
         if need_a:
-            dropped = x if keep is None else torch.where(keep, x, 0).mul_(ctx.keep_scale)
+            if keep is None:
+                dropped = x
+            elif noise is not None:
+                dropped = x * noise
+            else:
+                dropped = apply_noise(x, keep, ctx.keep_scale)
             grad_a = grad_down.t().mm(dropped.reshape(-1, a.shape[1]))
+            del dropped
         if need_x:
             grad_x = grad_down.mm(a).reshape(x.shape)
-            if keep is not None:
-                grad_x = torch.where(keep, grad_x, 0).mul_(ctx.keep_scale)
+            if noise is not None:
+                grad_x.mul_(noise)
+            elif keep is not None:
+                grad_x = apply_noise(grad_x, keep, ctx.keep_scale)
         return grad_x, grad_a, grad_b, None, None, None
 
 

@@ -95,12 +95,16 @@ def test_saved_activations_match_autograd_on_the_embedded_model(overrides):
     assert layers + masks + saved_head == pytest.approx(measured, rel=0.10)
 
 
-def test_gqa_keys_are_repeated_only_when_a_mask_is_given():
+def test_gqa_keys_are_repeated_only_on_gpus_when_a_mask_is_given():
     shape = shape_from_config(KNOWN_SHAPES["meta-llama/Llama-3.1-8B-Instruct"], "llama")
-    w = workload(load_config(TrainConfig, None, []), CPU, 1, 0.5)
+    gpu = Target(name="gpu", bytes=80 * GIB, gpu=True)
+    w = workload(load_config(TrainConfig, None, []), gpu, 1, 0.5)
     masked, _ = _layer_elements(shape, w, masked=True)
     flash, _ = _layer_elements(shape, w, masked=False)
     assert masked - flash == 2 * (shape.q_width - shape.kv_width)
+    # on CPU, training runs SDPA on the grouped heads (train/cpu_attention.py): nothing repeated
+    w = workload(load_config(TrainConfig, None, []), CPU, 1, 0.5)
+    assert _layer_elements(shape, w, masked=True) == _layer_elements(shape, w, masked=False)
 
 
 def test_qlora_keeps_embeddings_in_fp32_and_linears_in_4_bits():

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.chat.masking import IGNORE_INDEX
 from tunesmith.chat.packing import PackedRowsCollator, PaddedCollator, pack_examples
-from tunesmith.train.dropout import CheapMaskDropout, use_cheap_dropout
+from tunesmith.train.dropout import CheapMaskDropout, use_cheap_dropout, apply_noise
 from tunesmith.train.loss import causal_lm_loss, trained_positions
 
 
@@ -154,3 +154,18 @@ def test_lora_dropout_is_swapped_on_cpu_only_for_real_dropout(tiny_model):
     plain = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, lora_dropout=0.0,
                                                                                         target_modules="all-linear"))
     assert use_cheap_dropout(plain) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_noise_product_equals_select_then_scale(dtype):
+    # The float32 path multiplies by {0, scale}; a survivor must get exactly the rounding of
+    # x * scale that selecting and then scaling gives, and a dropped element must compare equal to 0.
+    torch.manual_seed(3)
+    layer = CheapMaskDropout(0.05).train()
+    x = (torch.randn(37, 129) * 10).to(dtype)
+    keep = layer.keep_mask(x)
+    expected = torch.where(keep, x, 0).mul_(layer.scale)
+    got = apply_noise(x, keep, layer.scale)
+    assert got.dtype == dtype
+    assert torch.equal(got, expected)
+    assert bool((got[~keep] == 0).all()) and bool((~keep).any())
