@@ -43,6 +43,18 @@ def test_rank_limits_and_scaling_differ_per_engine():
     assert problems("vllm", {**PLAIN, "r": 8, "rank_pattern": {"q_proj": 1024}})  # the largest rank counts
 
 
+@pytest.mark.parametrize("setting, words", [
+    ({"lora_bias": True}, "lora_bias"), ({"init_lora_weights": "pissa_niter_4"}, "init_lora_weights"),
+    ({"init_lora_weights": "olora"}, "init_lora_weights"), ({"alora_invocation_tokens": [5]}, "Activated LoRA"),
+    ({"layer_replication": [[0, 2]]}, "layer_replication"), ({"use_qalora": True}, "QALoRA")])
+def test_peft_features_vllms_loader_refuses(setting, words):
+    """vllm/lora/peft_helper.py, PEFTHelper._validate_features: each of these fails vLLM's adapter load."""
+    found = problems("vllm", {**PLAIN, **setting})
+    assert len(found) == 1 and words in found[0]
+    for servable in ({"init_lora_weights": True}, {"init_lora_weights": "gaussian"}, {"lora_bias": False}):
+        assert problems("vllm", {**PLAIN, **servable}) == []
+
+
 def test_vllm_rank_buckets():
     assert [vllm_rank(r) for r in (1, 2, 8, 9, 200, 300, 512)] == [1, 8, 8, 16, 256, 320, 512]
     with pytest.raises(ValueError):
