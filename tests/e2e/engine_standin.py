@@ -7,6 +7,9 @@ It "generates" `<NAME:i>` for i < max_tokens, where NAME is what the request sel
 body (plus its own argv and environment) as one JSON line to $STANDIN_LOG for the tests to read.
 `max_tokens: 13` is refused with 400, like an engine refusing a request; `max_tokens: 14` stops
 after two pieces and then stays silent; `max_tokens: 15` sends its pieces 0.1 s apart.
+As vLLM (0.33) does, the vLLM stand-in reads `--lora-modules` items as `name=path` or JSON,
+accepts only vLLM's `--max-lora-rank` values, requires VLLM_API_KEY as a bearer token on /v1
+routes, and has the LoRA load/unload routes only with VLLM_ALLOW_RUNTIME_LORA_UPDATING.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 ARGV = sys.argv[1:]
 VLLM = bool(ARGV) and ARGV[0] == "serve"
@@ -43,7 +46,15 @@ def lora_names() -> list[str]:
         for item in ARGV[start:]:
             if item.startswith("--"):
                 break
-            names.append(item.split("=", 1)[0])
+            # vllm/entrypoints/common/cli_args.py, LoRAParserAction: `name=path` only without a
+            # comma, anything else is JSON; a bad item stops vLLM with a usage error.
+            if "=" in item and "," not in item:
+                names.append(item.split("=", 1)[0])
+            else:
+                try:
+                    names.append(json.loads(item)["name"])
+                except (ValueError, KeyError, TypeError):
+                    sys.exit(f"vllm serve: error: Invalid JSON format for --lora-modules: {item}")
         return names
     import gguf
 
@@ -56,9 +67,24 @@ def lora_names() -> list[str]:
     return names
 
 
+if VLLM and option("--max-lora-rank") and int(option("--max-lora-rank")[0]) not in (1, 8, 16, 32, 64, 128, 256,
+                                                                                    320, 512):
+    sys.exit("vllm serve: error: argument --max-lora-rank: invalid choice")  # MaxLoRARanks, vllm/config/lora.py
 app = FastAPI()
 LORAS = lora_names()
-record("start", {"argv": ARGV, "runtime_lora": os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")})
+API_KEY = os.environ.get("VLLM_API_KEY") if VLLM else None
+RUNTIME_LORA = VLLM and os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true")
+record("start", {"argv": ARGV, "runtime_lora": os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
+                 "api_key": API_KEY})
+
+
+@app.middleware("http")
+async def authenticate(request: Request, call_next):
+    """vllm/entrypoints/serve/middleware/authenticate.py: with a key, /v1... needs it; /health does not."""
+    if API_KEY and request.url.path.startswith(("/v1", "/v2", "/inference", "/cohere")) \
+            and request.headers.get("Authorization") != f"Bearer {API_KEY}":
+        return JSONResponse({"error": "Unauthorized"}, status_code=401)
+    return await call_next(request)
 
 
 @app.get("/health")
@@ -100,22 +126,36 @@ async def completions(request: Request):
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@app.post("/v1/load_lora_adapter")
+def lora_error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "InvalidUserInput", "param": None, "code": status}},
+                        status_code=status)
+
+
 async def load(request: Request):
+    """vllm/entrypoints/openai/models/serving.py, load_lora_adapter: 400 for a name taken by the
+    base or an adapter, else 200 with a plain-text message."""
     body = await request.json()
     record("load", body)
+    if body["lora_name"] in option("--served-model-name"):
+        return lora_error(f"The lora adapter '{body['lora_name']}' conflicts with a served base model.", 400)
+    if body["lora_name"] in LORAS:
+        return lora_error(f"The lora adapter '{body['lora_name']}' has already been loaded.", 400)
     LORAS.append(body["lora_name"])
-    return JSONResponse(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+    return Response(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
 
 
-@app.post("/v1/unload_lora_adapter")
 async def unload(request: Request):
     body = await request.json()
     record("unload", body)
     if body["lora_name"] not in LORAS:
-        return JSONResponse({"error": {"message": "not loaded"}}, status_code=404)
+        return lora_error(f"The lora adapter '{body['lora_name']}' cannot be found.", 404)
     LORAS.remove(body["lora_name"])
-    return JSONResponse(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
+    return Response(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
+
+
+if RUNTIME_LORA or not VLLM:  # vllm/entrypoints/serve/lora/api_router.py: attach_router
+    app.post("/v1/load_lora_adapter")(load)
+    app.post("/v1/unload_lora_adapter")(unload)
 
 
 if __name__ == "__main__":

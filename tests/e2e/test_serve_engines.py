@@ -68,9 +68,13 @@ def _chat(http, model, **extra):
 # --------------------------------------------------------------------------- vLLM
 
 
+USERS_VLLM_KEY = "a-key-for-another-vllm"
+
+
 @pytest.fixture(scope="module")
 def vllm_server(root, standin):
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_API_KEY", USERS_VLLM_KEY)  # left in the user's shell: vLLM must not require it
         server = _server(root, standin, mp, "vllm", request_timeout=2.0)
         with server:
             yield server
@@ -86,8 +90,23 @@ def test_vllm_starts_with_lora_flags_on_loopback(vllm_server, standin, root):
     assert "--enable-lora" in argv and value("--max-loras") == "8" and value("--max-num-seqs") == "4"
     # runtime loading is on (--adapter-root), so vLLM reserves the server's rank limit, in a bucket it accepts
     assert value("--max-lora-rank") == "256"
-    assert argv[argv.index("--lora-modules") + 1] == f"a1={(root / 'a1').resolve()}"
+    assert value("--max-model-len") == str(vllm_server.state.context_length)
+    assert json.loads(value("--lora-modules")) == {"name": "a1", "path": str((root / "a1").resolve()),
+                                                   "base_model_name": BASE}
     assert _log(standin[1], "start")[-1]["runtime_lora"] == "True"
+
+
+def test_vllm_answers_only_tunesmith(vllm_server, standin, http_for):
+    """vLLM gets a key of tunesmith's own, in its environment (not the user's VLLM_API_KEY, not
+    argv): its port refuses everyone else, the management routes included."""
+    started = _log(standin[1], "start")[-1]
+    assert started["api_key"] not in (None, USERS_VLLM_KEY) and started["api_key"] not in started["argv"]
+    engine_url = vllm_server.state.engine.url
+    assert httpx.get(f"{engine_url}/health").status_code == 200
+    for path, body in [("/v1/completions", {"model": "a1", "prompt": [1], "max_tokens": 1}),
+                       ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"})]:
+        assert httpx.post(engine_url + path, json=body).status_code == 401
+    assert _chat(http_for(vllm_server), "a1").status_code == 200
 
 
 def test_vllm_requests_name_the_adapter_and_carry_the_prompt_ids(vllm_server, standin, http_for):
@@ -97,6 +116,15 @@ def test_vllm_requests_name_the_adapter_and_carry_the_prompt_ids(vllm_server, st
     assert adapter["model"] == "a1" and adapter["usage"]["completion_tokens"] == 6
     sent = _log(standin[1], "completion")[-2:]
     assert {b["model"] for b in sent} == {"a1"} and sorted(b["seed"] for b in sent) == [5, 6]
+    # vLLM stops by itself only on the base's EOS ids: the request names every id tunesmith's engine stops on
+    assert sent[0]["stop_token_ids"] == sorted(vllm_server.state.base.stop_ids)
+    # vLLM takes what a request leaves out from generation_config.json: everything but temperature/top_p is off
+    assert {k: sent[0][k] for k in ("top_k", "min_p", "repetition_penalty", "presence_penalty",
+                                    "frequency_penalty", "skip_special_tokens")} == {
+        "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+        "skip_special_tokens": True}
+    assert _chat(http, "a1", ignore_eos=True).status_code == 200  # no stop ids at all, as on tunesmith's engine
+    assert "stop_token_ids" not in _log(standin[1], "completion")[-1]
     prompt = sent[0]["prompt"]
     assert all(isinstance(t, int) for t in prompt) and sent[0]["temperature"] == 0
     base = _chat(http, BASE).json()

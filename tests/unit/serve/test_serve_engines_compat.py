@@ -3,6 +3,8 @@ at adapter load, and the engines' command lines."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tunesmith.errors import ConfigError, TunesmithError
@@ -71,13 +73,67 @@ def test_adapter_load_applies_the_same_rules(tmp_path):
         create_state(ServeConfig(engine="llama.cpp", adapters={"rs": str(adapter)}))
 
 
+def _vllm_lora_modules(item: str) -> dict:
+    """How vLLM reads one --lora-modules item (LoRAParserAction, vllm/entrypoints/common/cli_args.py)."""
+    if "=" in item and "," not in item:
+        name, path = item.split("=", 1)
+        return {"name": name, "path": path}
+    return json.loads(item)
+
+
 def test_vllm_command_lists_every_adapter_and_the_lora_limits():
     argv = vllm_command(executable="vllm", model="/m", served_name="base", host="127.0.0.1", port=9,
-                        adapters={"a": "/x/a", "b": "/x/b"}, max_loras=4, max_lora_rank=16, max_num_seqs=32,
-                        extra_args=["--dtype", "half"])
-    assert argv == ["vllm", "serve", "/m", "--served-model-name", "base", "--host", "127.0.0.1", "--port", "9",
-                    "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", "--max-num-seqs", "32",
-                    "--lora-modules", "a=/x/a", "b=/x/b", "--dtype", "half"]
+                        adapters={"a": "/x/a", "b": "/runs/lr=1e-4,r=16/adapter"}, max_loras=4, max_lora_rank=16,
+                        max_num_seqs=32, max_model_len=2048, extra_args=["--enforce-eager"])
+    start = argv.index("--lora-modules")
+    assert argv[:start] == ["vllm", "serve", "/m", "--served-model-name", "base", "--host", "127.0.0.1", "--port",
+                            "9", "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", "--max-num-seqs", "32",
+                            "--max-model-len", "2048"]
+    # a path with a comma would not survive vLLM's `name=path` form: every item is JSON
+    assert [_vllm_lora_modules(item) for item in argv[start + 1:start + 3]] == [
+        {"name": "a", "path": "/x/a", "base_model_name": "base"},
+        {"name": "b", "path": "/runs/lr=1e-4,r=16/adapter", "base_model_name": "base"}]
+    assert argv[start + 3:] == ["--enforce-eager"]
+
+
+def test_vllm_command_carries_the_model_settings():
+    common = dict(executable="vllm", model="org/m", served_name="m", host="h", port=1, adapters={}, max_loras=1,
+                  max_lora_rank=8, max_num_seqs=1)
+    argv = vllm_command(**common, dtype="bf16", revision="v2", trust_remote_code=True)
+    assert argv[argv.index("--dtype") + 1] == "bfloat16" and argv[argv.index("--revision") + 1] == "v2"
+    assert "--trust-remote-code" in argv
+    plain = vllm_command(**common)  # `auto` dtype is vLLM's own choice; no LoRA modules, no flag
+    assert not {"--dtype", "--revision", "--trust-remote-code", "--lora-modules", "--max-model-len"} & set(plain)
+
+
+def test_vllm_engine_refuses_settings_vllm_cannot_honour(monkeypatch):
+    from tunesmith.serve.engines.remote import NameRegistry
+    from tunesmith.serve.engines.vllm import VLLMEngine
+
+    def engine(**cfg):
+        return VLLMEngine(ServeConfig(engine="vllm", **cfg), NameRegistry(), base_name="b", model_path="/m")
+
+    with pytest.raises(ConfigError, match="bitsandbytes"):  # vLLM 0.33 has no bitsandbytes method
+        engine(model={"path": "default", "quantization": "4bit"})
+    with pytest.raises(ConfigError, match="--api-key"):
+        engine(engine_options={"extra_args": ["--api-key=k"]})
+    monkeypatch.setenv("VLLM_API_KEY", "users-key")
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1")
+    env = engine().environment()  # no --adapter-root: no runtime loads, whatever the shell says
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env and env["VLLM_API_KEY"] not in ("users-key", "")
+    assert engine().environment()["VLLM_API_KEY"] != env["VLLM_API_KEY"]  # a new key for each engine
+
+
+@pytest.mark.parametrize("setting, words", [
+    ({"lora_bias": True}, "lora_bias"), ({"init_lora_weights": "pissa_niter_4"}, "init_lora_weights"),
+    ({"init_lora_weights": "olora"}, "init_lora_weights"), ({"alora_invocation_tokens": [5]}, "Activated LoRA"),
+    ({"layer_replication": [[0, 2]]}, "layer_replication"), ({"use_qalora": True}, "QALoRA")])
+def test_peft_features_vllms_loader_refuses(setting, words):
+    """vllm/lora/peft_helper.py, PEFTHelper._validate_features: each of these fails vLLM's adapter load."""
+    found = problems("vllm", {**PLAIN, **setting})
+    assert len(found) == 1 and words in found[0]
+    for servable in ({"init_lora_weights": True}, {"init_lora_weights": "gaussian"}, {"lora_bias": False}):
+        assert problems("vllm", {**PLAIN, **servable}) == []
 
 
 def test_llama_server_command_loads_adapters_unapplied():

@@ -2,8 +2,11 @@
 
 The rules, with the reason each engine has:
 - vLLM: rank at most 512 and one of its rank buckets (1, 8, 16, 32, 64, 128, 256, 320, 512: its
-  `--max-lora-rank` choices); no DoRA, no `modules_to_save` and no LoRA bias (vLLM's adapter
-  loader refuses all three); rsLoRA is fine (vLLM reads `use_rslora`).
+  `--max-lora-rank` choices, MaxLoRARanks in vllm/config/lora.py); no DoRA, no `modules_to_save`,
+  no bias (`bias` or `lora_bias`), no initialisation that rewrites the base weights (PiSSA, OLoRA,
+  CorDA, LoftQ), no aLoRA, `layer_replication`, BD-LoRA or QALoRA: vLLM's adapter loader refuses
+  them all (PEFTHelper._validate_features and validate_legal in vllm/lora/peft_helper.py); rsLoRA
+  and `rank_pattern`/`alpha_pattern` are fine (vLLM applies them).
 - llama.cpp: a GGUF LoRA file holds plain A/B matrices and one `adapter.lora.alpha` applied as
   alpha / r, so no DoRA, no `modules_to_save`, no bias, no rsLoRA scaling, and no per-module
   rank or alpha (`rank_pattern`, `alpha_pattern`).
@@ -23,6 +26,13 @@ from tunesmith.errors import ConfigError
 Engine = Literal["vllm", "llama.cpp"]
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 NON_LINEAR_TARGETS = ("embed_tokens", "lm_head", "wte", "wpe", "embed_out", "output")
+# `init_lora_weights` values whose saved adapter is a plain LoRA on the unchanged base (vLLM's
+# PEFTHelper._init_is_supported); the other strings (pissa, olora, corda, loftq...) change the base.
+VLLM_PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
+# PEFT features that change what the adapter computes and that vLLM refuses to load.
+VLLM_REFUSED_FEATURES = {"alora_invocation_tokens": "Activated LoRA (alora_invocation_tokens)",
+                         "layer_replication": "layer_replication", "use_bdlora": "block-diagonal LoRA (use_bdlora)",
+                         "use_qalora": "QALoRA (use_qalora)"}
 
 
 def lora_rank(peft_config: dict[str, Any]) -> int:
@@ -63,6 +73,14 @@ def problems(engine: Engine, peft_config: dict[str, Any]) -> list[str]:
     if engine == "vllm":
         if rank > VLLM_RANKS[-1]:
             found.append(f"rank {rank} is above vLLM's largest LoRA rank, {VLLM_RANKS[-1]}")
+        if peft_config.get("lora_bias"):
+            found.append("LoRA bias (lora_bias) is not supported by vllm; train with lora_bias: false")
+        init = peft_config.get("init_lora_weights", True)
+        if isinstance(init, str) and init.lower() not in VLLM_PLAIN_INITS:
+            found.append(f"init_lora_weights={init!r} changes the base model's weights, which vllm serves unchanged; "
+                         "convert the adapter to a plain LoRA (PEFT's path_initial_model_for_weight_conversion)")
+        found.extend(f"{what} is not supported by vllm" for key, what in VLLM_REFUSED_FEATURES.items()
+                     if peft_config.get(key))
     else:
         if peft_config.get("use_rslora"):
             found.append("rsLoRA scaling (alpha / sqrt(r)) is not what llama.cpp applies (alpha / r); "

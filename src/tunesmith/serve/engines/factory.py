@@ -39,7 +39,8 @@ def create_remote_state(cfg: ServeConfig, *, api_key: Optional[str], tokenizer=N
     window = context_length(SimpleNamespace(config=model_config), tokenizer)
     metrics, registry = ServeMetrics(), NameRegistry()
     if cfg.engine == "vllm":
-        engine = VLLMEngine(cfg, registry, base_name=base.name, metrics=metrics, model_path=served_model)
+        engine = VLLMEngine(cfg, registry, base_name=base.name, metrics=metrics, model_path=served_model,
+                            context_length=window)
     else:
         engine = LlamaCppEngine(cfg, registry, base_name=base.name, metrics=metrics, base_config=model_config,
                                 context_length=window)

@@ -118,6 +118,10 @@ class RemoteEngine(GenerationEngine):
     def request_fields(self, target: Target) -> dict[str, Any]:
         """The body fields that pick the base or the adapter."""
 
+    def client_headers(self) -> dict[str, str]:
+        """Headers on every request to the engine (a key it requires)."""
+        return {}
+
     def sampling_fields(self, params: SamplingParams) -> dict[str, Any]:
         """Fields that switch off the engine's own sampling defaults, so that temperature and
         top_p mean what they mean in tunesmith's engine (no top-k, no min-p, no penalties)."""
@@ -163,7 +167,8 @@ class RemoteEngine(GenerationEngine):
 
     def new_client(self, url: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=url, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            base_url=url, headers=self.client_headers(),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             timeout=httpx.Timeout(self.cfg.engine_options.request_timeout, connect=5.0))
 
     def install_hint(self) -> str:
