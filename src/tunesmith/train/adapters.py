@@ -13,6 +13,7 @@ from tunesmith.train.cpu_attention import use_grouped_attention_on_cpu
 from tunesmith.train.dropout import use_cheap_dropout
 from tunesmith.train.lean_lora import use_lean_lora
 from tunesmith.train.lean_mlp import use_lean_mlp
+from tunesmith.train.lean_norm import use_lean_norm
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -78,11 +79,13 @@ def apply_method(model, cfg: TrainConfig, extra_modules_to_save: Iterable[str] =
 
 def use_lean_cpu_layers(model) -> None:
     """The CPU forms of a LoRA model's layers: cheaper dropout masks, a LoRA branch and gated MLP
-    that keep less for the backward pass, grouped-query attention without repeated keys. On GPUs
-    PEFT's fused dropout is already cheap and the rest is untested, so they are CPU-only."""
+    that keep less for the backward pass, RMSNorm with a closed-form backward, grouped-query
+    attention without repeated keys. On GPUs PEFT's fused dropout is already cheap and the rest is
+    untested, so they are CPU-only."""
     use_cheap_dropout(model)
     use_lean_lora(model)
     use_lean_mlp(model)
+    use_lean_norm(model)
     use_grouped_attention_on_cpu()
 
 
