@@ -53,6 +53,22 @@ def _survivor_noise(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> tor
     return keep.view(torch.uint8).to(dtype).mul_(scale)
 
 
+class _KeepAndScale(torch.autograd.Function):
+    """`x * noise` with a {0, scale} multiplier rebuilt from the one-byte mask in the backward pass,
+    so autograd keeps the mask rather than a float32 multiplier (a quarter of the memory)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * _survivor_noise(keep, scale, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad * _survivor_noise(keep, ctx.scale, grad.dtype), None, None
+
+
 def apply_noise(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
     """`x` with the dropped elements zeroed and the survivors multiplied by `scale`.
 
@@ -62,7 +78,7 @@ def apply_noise(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tens
     from 0.0). Other dtypes would round the multiplier itself, so they select and scale.
     """
     if x.dtype == torch.float32:
-        return x * _survivor_noise(keep, scale, x.dtype)
+        return _KeepAndScale.apply(x, keep, scale)
     return torch.where(keep, x, 0).mul_(scale)
 
 

@@ -169,3 +169,14 @@ def test_the_noise_product_equals_select_then_scale(dtype):
     assert got.dtype == dtype
     assert torch.equal(got, expected)
     assert bool((got[~keep] == 0).all()) and bool((~keep).any())
+
+
+def test_cheap_mask_dropout_keeps_a_one_byte_mask_for_the_backward_pass():
+    layer = CheapMaskDropout(0.1).train()
+    x = torch.randn(64, 48, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = layer(x)
+    assert [t.dtype for t in saved] == [torch.bool] and saved[0].shape == x.shape
+    y.sum().backward()
+    assert torch.equal(x.grad, (y.detach() != 0).float() * layer.scale)
