@@ -25,7 +25,7 @@ from tunesmith.chat.tokens import stop_token_ids
 from tunesmith.errors import DataError
 from tunesmith.eval.config import GenerationSettings
 from tunesmith.eval.generate_loop import DecodeTrace, Sampling, decode_batch
-from tunesmith.train.loss import takes_boolean_logits_to_keep, trained_positions
+from tunesmith.models.logits import takes_boolean_logits_to_keep, trained_positions
 
 
 @dataclass

@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
+from tunesmith.models.logits import LOGIT_POSTPROCESSING
 
-# Config fields of transformers 5.23 models that change logits after the output head (Gemma 2/3
-# soft-capping, Cohere's logit scale, Granite's logits scaling, Falcon-H1's head multiplier,
-# Inkling's truncated vocabulary ...). Training fuses the output head with the loss only without
-# them (`tunesmith.train.loss`).
-LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_softcapping", "softcap", "logit_scale",
-                        "logits_scaling", "output_multiplier", "lm_head_multiplier", "unpadded_vocab_size")
 
 # config.json values (the fields the planner uses) of common bases, as their model cards publish them.
 _LLAMA_3_8B = dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train.loss import takes_boolean_logits_to_keep, trained_positions
+from tunesmith.models.logits import takes_boolean_logits_to_keep, trained_positions
 
 
 def sequence_logps(model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

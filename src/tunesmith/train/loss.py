@@ -35,7 +35,6 @@ cross-entropies the model's own loss computes, divided by the same token count.
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -43,18 +42,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunesmith.chat.masking import IGNORE_INDEX
-from tunesmith.plan.shapes import LOGIT_POSTPROCESSING  # config fields that change logits after the head
-from tunesmith.train.sharding import unwrap
+from tunesmith.models.logits import LOGIT_POSTPROCESSING, inner_causal_lm, takes_boolean_logits_to_keep, trained_positions
 
 logger = logging.getLogger(__name__)
-
-
-def trained_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Boolean (batch, length) mask of the positions whose next token carries loss."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return keep
 
 
 def causal_lm_loss(model, inputs: dict[str, Any], num_items: float) -> torch.Tensor:
@@ -114,7 +104,7 @@ def _returned_unchanged(logits, result: tuple[torch.Tensor, torch.Tensor] | None
 
 
 def _warn_unfused_once(model) -> None:
-    name = type(_causal_lm(model)).__name__
+    name = type(inner_causal_lm(model)).__name__
     if name not in _WARNED:
         _WARNED.add(name)
         logger.warning("%s changes the output head's result after the head; its loss is computed from "
@@ -145,7 +135,7 @@ def _fusable_heads(model) -> list[torch.nn.Linear]:
     """The plain linear layers the output head may call (the head itself, or the original and
     trained copies inside PEFT's `modules_to_save` wrapper), or [] when fusing would not compute
     what the model computes."""
-    inner = _causal_lm(model)
+    inner = inner_causal_lm(model)
     config = getattr(inner, "config", None)
     configs = [config, getattr(config, "text_config", None) if config is not None else None]
     if any(getattr(c, name, None) is not None for c in configs if c is not None for name in LOGIT_POSTPROCESSING):
@@ -268,25 +258,9 @@ class ChunkedHeadCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
-def _causal_lm(model):
-    """The transformers model inside DDP / DeepSpeed / PEFT wrappers."""
-    model = unwrap(model)
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def takes_boolean_logits_to_keep(model) -> bool:
-    """Whether the model's forward slices hidden states with transformers' `slice_logits_to_keep`,
-    which takes a boolean mask. Earlier transformers releases (5.17 among them), and remote code
-    copied from them, index `hidden_states[:, logits_to_keep, :]`, which a mask breaks."""
-    owner = next((c for c in type(_causal_lm(model)).__mro__ if "forward" in c.__dict__), object)
-    module = sys.modules.get(owner.__module__)
-    return owner.__module__.startswith("transformers.models.") and hasattr(module, "slice_logits_to_keep")
-
-
 def _aux_loss_coefficient(model) -> float | None:
     """The load-balancing weight the model itself adds to its loss (mixture-of-experts)."""
-    inner = _causal_lm(model)
+    inner = inner_causal_lm(model)
     for name in ("router_aux_loss_coef", "aux_loss_coef"):
         value = getattr(inner, name, None)
         if value is None:
