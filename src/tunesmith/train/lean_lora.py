@@ -36,46 +36,50 @@ from tunesmith.train.dropout import CheapMaskDropout
 
 
 class LeanLoraBranch(torch.autograd.Function):
-    """`result + F.linear(F.linear(dropout(x), a), b) * scaling`, added into `result` in place,
-    saving x, the keep-mask and the rank-r intermediate rather than the dropped input.
+    """`F.linear(x, weight, bias) + F.linear(F.linear(dropout(x), a), b) * scaling` for a frozen
+    base layer, as one autograd node saving x, the keep-mask and the rank-r intermediate rather
+    than the dropped input.
 
     Both scalars (the dropout's survivor scale and LoRA's scaling) are applied to the rank-r
-    intermediate instead of to tensors of the layers' width, and the up-projection is accumulated
-    straight into the base layer's output (`addmm_`): per layer that removes four passes over
-    full-width tensors in each direction. The result differs from PEFT's order of operations only
-    by float rounding (about 1e-7 relative); the random draws are the same.
+    intermediate instead of to tensors of the layers' width; the up-projection is accumulated
+    straight into the base output (`addmm_`), and in the backward pass the adapter's share of the
+    input gradient into the base layer's (`addcmul_` with the mask, or `addmm_` without dropout),
+    where autograd would sum two separate full-width gradients. The result differs from PEFT's
+    order of operations only by float rounding (about 1e-7 relative); the random draws are the same.
     """
 
     @staticmethod
-    def forward(ctx, result: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
-                keep: Optional[torch.Tensor], keep_scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], a: torch.Tensor,
+                b: torch.Tensor, scaling: float, keep: Optional[torch.Tensor], keep_scale: float) -> torch.Tensor:
+        result = F.linear(x, weight, bias)
         dropped = x if keep is None else x * _zero_one(keep, x.dtype)
         down = F.linear(dropped, a).mul_(scaling * keep_scale)
         del dropped
         result.view(-1, b.shape[0]).addmm_(down.view(-1, a.shape[0]), b.t())
-        ctx.mark_dirty(result)
         ctx.factor = scaling * keep_scale
-        ctx.save_for_backward(x, a, b, down, keep)
+        ctx.save_for_backward(x, weight, a, b, down, keep)
         return result
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, a, b, down, keep = ctx.saved_tensors
-        need_x, need_a, need_b = ctx.needs_input_grad[1:4]
+        x, weight, a, b, down, keep = ctx.saved_tensors
+        need_x, need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         grad_2d = grad_out.reshape(-1, b.shape[0])
         grad_b = grad_2d.t().mm(down.reshape(-1, a.shape[0])) if need_b else None
         grad_down = grad_2d.mm(b).mul_(ctx.factor)
         grad_a = grad_x = None
-        zero_one = None if keep is None else _zero_one(keep, x.dtype)  # serves both gradients
+        zero_one = None if keep is None else _zero_one(keep, x.dtype).view(-1, a.shape[1])  # serves both
+        x_2d = x.reshape(-1, a.shape[1])
         if need_a:
-            dropped = x if zero_one is None else x * zero_one
-            grad_a = grad_down.t().mm(dropped.reshape(-1, a.shape[1]))
-            del dropped
+            grad_a = grad_down.t().mm(x_2d if zero_one is None else x_2d * zero_one)
         if need_x:
-            grad_x = grad_down.mm(a).reshape(x.shape)
-            if zero_one is not None:
-                grad_x.mul_(zero_one)
-        return grad_out, grad_x, grad_a, grad_b, None, None, None
+            grad_x = grad_2d.mm(weight)  # the frozen base layer's share, as F.linear's backward forms it
+            if zero_one is None:
+                grad_x.addmm_(grad_down, a)
+            else:
+                grad_x.addcmul_(grad_down.mm(a), zero_one)
+            grad_x = grad_x.view(x.shape)
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
 def _zero_one(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -99,6 +103,12 @@ def _lean_adapter(layer) -> Optional[str]:
     return name
 
 
+def _frozen_linear(layer: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether `layer` is a plain linear layer with frozen parameters of `dtype` (LoRA's base)."""
+    return (type(layer) is nn.Linear and not layer.weight.requires_grad and layer.weight.dtype == dtype
+            and (layer.bias is None or not layer.bias.requires_grad))
+
+
 def _reproducible(dropout: nn.Module) -> bool:
     """Whether `_keep_mask` draws exactly what `dropout` itself would."""
     return (isinstance(dropout, (nn.Identity, CheapMaskDropout))
@@ -115,15 +125,13 @@ def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[Optional[torch.Tens
 
 def _lean_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     name = None if args or kwargs else _lean_adapter(self)
-    if (name is None or x.dtype != self.lora_A[name].weight.dtype
+    if (name is None or x.dtype != self.lora_A[name].weight.dtype or not _frozen_linear(self.base_layer, x.dtype)
             or not _reproducible(self.lora_dropout[name])):
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x)  # before the mask is drawn, as in PEFT's order
-    keep, keep_scale = _keep_mask(self.lora_dropout[name], x)
-    # Into the base output in place: nobody saves the frozen base product, and each full-width
-    # temporary a LoRA layer allocates adds to what the allocator keeps resident.
-    return LeanLoraBranch.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
-                                keep, keep_scale)
+    keep, keep_scale = _keep_mask(self.lora_dropout[name], x)  # the base layer draws nothing
+    base = self.base_layer
+    return LeanLoraBranch.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                                self.scaling[name], keep, keep_scale)
 
 
 def use_lean_lora(model: nn.Module) -> int:

@@ -100,3 +100,21 @@ def test_falls_back_where_it_cannot_reproduce_peft(tiny_model):
     dora = _lora_model(tiny_model, lean=True, dropout=0.0, use_dora=True)
     reference = _lora_model(tiny_model, lean=False, dropout=0.0, use_dora=True)
     torch.testing.assert_close(dora(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_a_trainable_base_layer_uses_pefts_forward(tiny_model):
+    # The lean node forms no gradient for the base layer's weight, so it runs only when it is frozen.
+    ids = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    model = _lora_model(tiny_model, lean=True, dropout=0.1)
+    for name, p in model.named_parameters():
+        if "base_layer" in name:
+            p.requires_grad_(True)
+    from tunesmith.train import lean_lora
+
+    calls = []
+    apply = lean_lora.LeanLoraBranch.apply
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lean_lora.LeanLoraBranch, "apply", lambda *args: calls.append(1) or apply(*args))
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert not calls
+    assert all(p.grad is not None for n, p in model.named_parameters() if "base_layer" in n and p.dim() == 2)
