@@ -28,7 +28,7 @@ QUESTIONS = ["What does json.dumps do?", "Explain os.path.join.", "How do I sort
 
 
 def build_adapter(out: Path, seed: int, *, base: str | None = None, target_modules=("q_proj", "v_proj"),
-                  r: int = 4, scale: float = 0.3, use_dora: bool = False) -> Path:
+                  r: int = 4, scale: float = 0.3, use_dora: bool = False, rank_pattern: dict | None = None) -> Path:
     """A LoRA adapter with random B matrices (so it changes the model's answers), saved like a
     training run saves one: PEFT safetensors plus the tokenizer and chat template."""
     from peft import LoraConfig, get_peft_model
@@ -36,7 +36,7 @@ def build_adapter(out: Path, seed: int, *, base: str | None = None, target_modul
     model = load_model(ModelConfig(), device="cpu")
     torch.manual_seed(seed)  # PEFT draws lora_A from the global generator: same seed, same adapter
     peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules),
-                                                  use_dora=use_dora))
+                                                  use_dora=use_dora, rank_pattern=rank_pattern or {}))
     generator = torch.Generator().manual_seed(seed)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:

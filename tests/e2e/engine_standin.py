@@ -10,6 +10,9 @@ after two pieces and then stays silent; `max_tokens: 15` sends its pieces 0.1 s 
 As vLLM (0.33) does, the vLLM stand-in reads `--lora-modules` items as `name=path` or JSON,
 accepts only vLLM's `--max-lora-rank` values, requires VLLM_API_KEY as a bearer token on /v1
 routes, and has the LoRA load/unload routes only with VLLM_ALLOW_RUNTIME_LORA_UPDATING.
+As llama-server does (tools/server/server-http.cpp, middleware_validate_api_key), the llama.cpp
+stand-in takes its keys from LLAMA_API_KEY (comma-separated) and refuses every request but /health
+without one of them (`Authorization: Bearer KEY` or `X-Api-Key: KEY`) with 401.
 """
 
 from __future__ import annotations
@@ -73,9 +76,11 @@ if VLLM and option("--max-lora-rank") and int(option("--max-lora-rank")[0]) not 
 app = FastAPI()
 LORAS = lora_names()
 API_KEY = os.environ.get("VLLM_API_KEY") if VLLM else None
+LLAMA_KEYS = [] if VLLM else [key for key in os.environ.get("LLAMA_API_KEY", "").split(",") if key]
 RUNTIME_LORA = VLLM and os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true")
 record("start", {"argv": ARGV, "runtime_lora": os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
-                 "api_key": API_KEY})
+                 "api_key": API_KEY if VLLM else os.environ.get("LLAMA_API_KEY"),
+                 "llama_env": sorted(name for name in os.environ if name.startswith("LLAMA_"))})
 
 
 @app.middleware("http")
@@ -84,6 +89,11 @@ async def authenticate(request: Request, call_next):
     if API_KEY and request.url.path.startswith(("/v1", "/v2", "/inference", "/cohere")) \
             and request.headers.get("Authorization") != f"Bearer {API_KEY}":
         return JSONResponse({"error": "Unauthorized"}, status_code=401)
+    if LLAMA_KEYS and request.url.path not in ("/health", "/v1/health"):
+        given = request.headers.get("Authorization") or request.headers.get("X-Api-Key") or ""
+        if given.removeprefix("Bearer ") not in LLAMA_KEYS:
+            return JSONResponse({"error": {"message": "Invalid API Key", "type": "authentication_error",
+                                           "code": 401}}, status_code=401)
     return await call_next(request)
 
 

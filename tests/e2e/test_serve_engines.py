@@ -199,11 +199,19 @@ def test_a_dead_engine_gives_503_at_once(root, standin, http_for):
 # --------------------------------------------------------------------------- llama.cpp
 
 
+USERS_LLAMA_KEY = "a-key-for-another-llama-server"
+# Left in the user's shell: llama-server would read each of them (common/arg.cpp, set_env).
+USERS_LLAMA_ENV = {"LLAMA_API_KEY": USERS_LLAMA_KEY, "LLAMA_ARG_API_PREFIX": "/other", "LLAMA_ARG_CTX_SIZE": "64",
+                   "LLAMA_ARG_EMBEDDINGS": "1", "LLAMA_ARG_NO_CONTEXT_SHIFT": "1", "LLAMA_ARG_N_GPU_LAYERS": "99"}
+
+
 @pytest.fixture(scope="module")
 def llama_server(root, standin, tmp_path_factory):
     gguf = tmp_path_factory.mktemp("gguf") / "model.gguf"
     gguf.write_bytes(b"GGUF")  # the stand-in does not read the model
     with pytest.MonkeyPatch.context() as mp:
+        for name, value in USERS_LLAMA_ENV.items():
+            mp.setenv(name, value)
         server = _server(root, standin, mp, "llama.cpp", gguf=gguf)
         with server:
             yield server, gguf
@@ -222,6 +230,22 @@ def test_llama_server_gets_converted_adapters_applied_per_request(llama_server, 
     assert sent["seed"] == 3  # llama-server's seed is a 32-bit int
     assert _chat(http, BASE).json()["choices"][0]["message"]["content"] == "<base:0><base:1><base:2>"
     assert _log(standin[1], "completion")[-1]["lora"] == [{"id": 0, "scale": 0.0}]  # every adapter off
+
+
+def test_llama_server_answers_only_tunesmith(llama_server, standin, http_for):
+    """llama-server gets a key of tunesmith's own in LLAMA_API_KEY (not the user's, not argv), and
+    none of the user's LLAMA_ARG_* variables that would change what tunesmith relies on; placement
+    settings such as LLAMA_ARG_N_GPU_LAYERS pass through."""
+    server, _ = llama_server
+    started = _log(standin[1], "start")[-1]
+    assert started["api_key"] not in (None, USERS_LLAMA_KEY) and started["api_key"] not in started["argv"]
+    assert started["llama_env"] == ["LLAMA_API_KEY", "LLAMA_ARG_N_GPU_LAYERS"]
+    engine_url = server.state.engine.url
+    assert httpx.get(f"{engine_url}/health").status_code == 200
+    refused = httpx.post(f"{engine_url}/v1/completions", json={"prompt": [1], "max_tokens": 1},
+                         headers={"Authorization": f"Bearer {USERS_LLAMA_KEY}"})
+    assert refused.status_code == 401
+    assert _chat(http_for(server), "a1").status_code == 200
 
 
 def test_a_runtime_load_swaps_llama_server_without_failing_requests_in_flight(llama_server, standin, http_for):

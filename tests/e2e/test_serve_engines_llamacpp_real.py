@@ -11,7 +11,7 @@ import pytest
 from tunesmith.serve.config import EngineOptions, ServeConfig
 from tunesmith.serve.engines.llamacpp import find_llama_server
 
-from serve_helpers import QUESTIONS, LiveServer, greedy_answers
+from serve_helpers import QUESTIONS, LiveServer, build_adapter, greedy_answers
 
 BINARY = find_llama_server()
 pytestmark = pytest.mark.skipif(BINARY is None, reason="no llama-server on PATH or in ~/.cache/tunesmith/llama-server "
@@ -31,13 +31,21 @@ def f16_gguf(tmp_path_factory):
     return path
 
 
-def test_greedy_answers_equal_tunesmiths_engine(root, f16_gguf):
-    adapters = {"a1": str(root / "a1")}
-    reference = greedy_answers(ServeConfig(adapters=adapters, log_level="warning"), [BASE, "a1"])
+def test_greedy_answers_equal_tunesmiths_engine(root, f16_gguf, tmp_path, monkeypatch):
+    """Also with a per-module rank (llama.cpp scales each pair by alpha / its own rank), and with a
+    key and a route prefix for llama-server left in the user's shell (tunesmith replaces the one and
+    drops the other; either would make every request fail)."""
+    monkeypatch.setenv("LLAMA_API_KEY", "a-key-for-another-llama-server")
+    monkeypatch.setenv("LLAMA_ARG_API_PREFIX", "/elsewhere")
+    build_adapter(tmp_path / "ranks", seed=7, rank_pattern={"v_proj": 8})
+    adapters = {"a1": str(root / "a1"), "ranks": str(tmp_path / "ranks")}
+    names = [BASE, "a1", "ranks"]
+    reference = greedy_answers(ServeConfig(adapters=adapters, log_level="warning"), names)
     llama = greedy_answers(ServeConfig(engine="llama.cpp", adapters=adapters, log_level="warning", max_batch_size=4,
-                                 engine_options=EngineOptions(gguf=f16_gguf, llama_server=BINARY)), [BASE, "a1"])
+                                 engine_options=EngineOptions(gguf=f16_gguf, llama_server=BINARY)), names)
     assert llama == reference
-    assert any(reference[BASE, q] != reference["a1", q] for q in QUESTIONS)  # the adapter is really applied
+    for name in ("a1", "ranks"):  # each adapter is really applied
+        assert any(reference[BASE, q] != reference[name, q] for q in QUESTIONS)
 
 
 def test_an_adapter_loaded_at_runtime_answers_like_tunesmiths_engine_and_nothing_fails(root, f16_gguf):

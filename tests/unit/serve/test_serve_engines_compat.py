@@ -41,7 +41,12 @@ def test_rank_limits_and_scaling_differ_per_engine():
     assert problems("llama.cpp", {**PLAIN, "r": 1024}) == []
     assert problems("vllm", {**PLAIN, "use_rslora": True}) == []
     assert "rsLoRA" in problems("llama.cpp", {**PLAIN, "use_rslora": True})[0]
-    assert "rank_pattern" in problems("llama.cpp", {**PLAIN, "rank_pattern": {"q_proj": 8}})[0]
+    # llama.cpp scales each A/B pair by alpha / its own rank (src/llama-adapter.h, get_scale): per-module
+    # ranks are served as PEFT computes them, per-module alphas are not
+    assert problems("llama.cpp", {**PLAIN, "rank_pattern": {"q_proj": 8}}) == []
+    assert "alpha_pattern" in problems("llama.cpp", {**PLAIN, "alpha_pattern": {"q_proj": 8}})[0]
+    assert "lora_alpha 0" in problems("llama.cpp", {**PLAIN, "lora_alpha": 0})[0]  # llama.cpp: 0 is "no alpha"
+    assert problems("vllm", {**PLAIN, "lora_alpha": 0}) == []
     assert problems("vllm", {**PLAIN, "r": 8, "rank_pattern": {"q_proj": 1024}})  # the largest rank counts
 
 
@@ -134,6 +139,59 @@ def test_peft_features_vllms_loader_refuses(setting, words):
     assert len(found) == 1 and words in found[0]
     for servable in ({"init_lora_weights": True}, {"init_lora_weights": "gaussian"}, {"lora_bias": False}):
         assert problems("vllm", {**PLAIN, **servable}) == []
+
+
+@pytest.mark.parametrize("setting, words", [
+    ({"lora_bias": True}, "lora_bias"), ({"init_lora_weights": "pissa"}, "init_lora_weights"),
+    ({"init_lora_weights": "corda"}, "init_lora_weights"), ({"init_lora_weights": "loftq"}, "init_lora_weights"),
+    ({"alora_invocation_tokens": [5]}, "invocation tokens"), ({"layer_replication": [[0, 2]]}, "layer_replication"),
+    ({"use_bdlora": True}, "block-diagonal"), ({"use_qalora": True}, "QALoRA"),
+    ({"target_parameters": ["experts.gate_up_proj"]}, "target_parameters"),
+    ({"trainable_token_indices": [3, 4]}, "trainable_token_indices")])
+def test_peft_features_llamacpps_lora_files_cannot_hold(setting, words):
+    """A GGUF LoRA file holds plain .lora_a/.lora_b pairs and one alpha (src/llama-adapter.cpp), served on
+    the unchanged base: anything else would be refused by llama-server or served wrong."""
+    found = problems("llama.cpp", {**PLAIN, **setting})
+    assert len(found) == 1 and words in found[0] and "llama.cpp" in found[0]
+    for servable in ({"init_lora_weights": True}, {"init_lora_weights": "gaussian"}, {"init_lora_weights": "eva"},
+                     {"lora_bias": False}, {"layers_to_transform": [0, 1]}):
+        assert problems("llama.cpp", {**PLAIN, **servable}) == []
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama.cpp"])
+def test_lora_ga_is_refused_since_it_rewrites_the_base(engine):
+    """PEFT's LoRA-GA init subtracts scaling * B @ A from the base weight (peft/tuners/lora/layer.py,
+    lora_ga_init): on the original base the adapter starts off by that much."""
+    found = problems(engine, {**PLAIN, "init_lora_weights": "lora_ga"})
+    assert len(found) == 1 and "init_lora_weights" in found[0]
+
+
+def test_llama_server_gets_its_own_key_and_none_of_the_shells_conflicting_settings(monkeypatch):
+    """llama-server reads LLAMA_API_KEY and LLAMA_ARG_* before argv (common/arg.cpp,
+    common_params_parse_ex): a key from the shell would be required of tunesmith's requests."""
+    from tunesmith.serve.engines.llamacpp import LlamaCppEngine
+    from tunesmith.serve.engines.remote import NameRegistry
+
+    def engine(**cfg):
+        return LlamaCppEngine(ServeConfig(engine="llama.cpp", **cfg), NameRegistry(), base_name="b", base_config=None,
+                              context_length=64)
+
+    for flag in ("--api-key", "--api-key-file=/k"):
+        with pytest.raises(ConfigError, match="--api-key"):
+            engine(engine_options={"extra_args": [flag, "k"]})
+    shell = {"LLAMA_API_KEY": "users-key", "LLAMA_ARG_API_KEY_FILE": "/nowhere", "LLAMA_ARG_PORT": "1",
+             "LLAMA_ARG_NO_CONTEXT_SHIFT": "1", "LLAMA_ARG_API_PREFIX": "/p", "LLAMA_ARG_THREADS": "3",
+             "LLAMA_ARG_N_GPU_LAYERS": "99", "HOME": "/home/u"}
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    first = engine()
+    env = first.environment()
+    assert env["LLAMA_API_KEY"] == first.engine_key and first.engine_key not in ("users-key", "")
+    assert "," not in first.engine_key  # llama-server splits its keys on commas
+    assert first.client_headers() == {"Authorization": f"Bearer {first.engine_key}"}
+    assert {n for n in shell if n in env} == {"LLAMA_API_KEY", "LLAMA_ARG_THREADS", "LLAMA_ARG_N_GPU_LAYERS", "HOME"}
+    assert "LLAMA_ARG_THREADS" not in engine(threads=2).environment()  # tunesmith passes --threads 2 then
+    assert engine().engine_key != first.engine_key  # a new key for each engine
 
 
 def test_llama_server_command_loads_adapters_unapplied():

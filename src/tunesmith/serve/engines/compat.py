@@ -5,11 +5,18 @@ The rules, with the reason each engine has:
   `--max-lora-rank` choices, MaxLoRARanks in vllm/config/lora.py); no DoRA, no `modules_to_save`,
   no bias (`bias` or `lora_bias`), no initialisation that rewrites the base weights (PiSSA, OLoRA,
   CorDA, LoftQ), no aLoRA, `layer_replication`, BD-LoRA or QALoRA: vLLM's adapter loader refuses
-  them all (PEFTHelper._validate_features and validate_legal in vllm/lora/peft_helper.py); rsLoRA
+  them all (PEFTHelper._validate_features and validate_legal in vllm/lora/peft_helper.py), and no
+  LoRA-GA init, which vLLM loads but would serve on the unchanged base; rsLoRA
   and `rank_pattern`/`alpha_pattern` are fine (vLLM applies them).
-- llama.cpp: a GGUF LoRA file holds plain A/B matrices and one `adapter.lora.alpha` applied as
-  alpha / r, so no DoRA, no `modules_to_save`, no bias, no rsLoRA scaling, and no per-module
-  rank or alpha (`rank_pattern`, `alpha_pattern`).
+- llama.cpp: a GGUF LoRA file holds plain A/B matrix pairs and one `adapter.lora.alpha`, and
+  llama.cpp scales each pair by alpha / its own rank (llama_adapter_lora_weight::get_scale in
+  src/llama-adapter.h), so `rank_pattern` is served but not `alpha_pattern`, nor rsLoRA (alpha /
+  sqrt(r)); no DoRA, no `modules_to_save`, no bias (`bias`, `lora_bias`: the loader takes only
+  `.lora_a`/`.lora_b` tensors, src/llama-adapter.cpp), no `layer_replication` (the GGUF base keeps
+  its layers), no BD-LoRA or QALoRA (not plain A/B pairs), no `target_parameters` or
+  `trainable_token_indices`; and no aLoRA: llama.cpp can serve one, but only with its invocation
+  tokens in the file (convert_lora_to_gguf.py writes them), which tunesmith's converter does not.
+  An alpha of 0 means "no scaling" to llama.cpp (get_scale), so lora_alpha 0 is refused too.
 - both: the targets must be linear layers inside the transformer blocks; an adapted embedding
   or output head (`embed_tokens`, `lm_head`) is left out here, since neither engine applies it
   to every architecture.
@@ -26,13 +33,27 @@ from tunesmith.errors import ConfigError
 Engine = Literal["vllm", "llama.cpp"]
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 NON_LINEAR_TARGETS = ("embed_tokens", "lm_head", "wte", "wpe", "embed_out", "output")
-# `init_lora_weights` values whose saved adapter is a plain LoRA on the unchanged base (vLLM's
-# PEFTHelper._init_is_supported); the other strings (pissa, olora, corda, loftq...) change the base.
-VLLM_PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
+# `init_lora_weights` values whose saved adapter is a plain LoRA on the unchanged base; the other
+# strings (pissa, olora, corda, loftq, lora_ga) change the base weights (peft/tuners/lora/layer.py:
+# LoRA-GA subtracts scaling * B @ A from W), so the adapter is wrong on the original base. vLLM
+# loads lora_ga adapters (PEFTHelper._init_is_supported) but would serve them on the unchanged base.
+PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica")
 # PEFT features that change what the adapter computes and that vLLM refuses to load.
 VLLM_REFUSED_FEATURES = {"alora_invocation_tokens": "Activated LoRA (alora_invocation_tokens)",
                          "layer_replication": "layer_replication", "use_bdlora": "block-diagonal LoRA (use_bdlora)",
                          "use_qalora": "QALoRA (use_qalora)"}
+# What llama.cpp cannot serve from the GGUF LoRA files tunesmith writes, with the reason.
+LLAMACPP_REFUSED_FEATURES = {
+    "alora_invocation_tokens": "Activated LoRA (alora_invocation_tokens): tunesmith's GGUF LoRA files do not carry "
+                               "the invocation tokens, so llama.cpp would apply it to the whole sequence",
+    "layer_replication": "layer_replication: the GGUF base model has its original layers only",
+    "use_bdlora": "block-diagonal LoRA (use_bdlora) is not a plain A/B pair",
+    "use_qalora": "QALoRA (use_qalora) is not a plain A/B pair",
+    "target_parameters": "LoRA on parameters (target_parameters) has no GGUF LoRA form",
+    "trainable_token_indices": "trainable tokens (trainable_token_indices) change the embedding, which a GGUF "
+                               "LoRA file cannot hold",
+    "alpha_pattern": "per-module alpha (alpha_pattern) does not fit llama.cpp's one alpha per adapter file",
+}
 
 
 def lora_rank(peft_config: dict[str, Any]) -> int:
@@ -70,24 +91,25 @@ def problems(engine: Engine, peft_config: dict[str, Any]) -> list[str]:
     if bad_targets:
         found.append(f"target modules {', '.join(bad_targets)} (embedding/output head) are not applied by {engine}; "
                      "target the attention and MLP projections")
+    if peft_config.get("lora_bias"):
+        found.append(f"LoRA bias (lora_bias) is not supported by {engine}; train with lora_bias: false")
+    init = peft_config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in PLAIN_INITS:
+        found.append(f"init_lora_weights={init!r} changes the base model's weights, which {engine} serves unchanged; "
+                     "convert the adapter to a plain LoRA (PEFT's path_initial_model_for_weight_conversion)")
     if engine == "vllm":
         if rank > VLLM_RANKS[-1]:
             found.append(f"rank {rank} is above vLLM's largest LoRA rank, {VLLM_RANKS[-1]}")
-        if peft_config.get("lora_bias"):
-            found.append("LoRA bias (lora_bias) is not supported by vllm; train with lora_bias: false")
-        init = peft_config.get("init_lora_weights", True)
-        if isinstance(init, str) and init.lower() not in VLLM_PLAIN_INITS:
-            found.append(f"init_lora_weights={init!r} changes the base model's weights, which vllm serves unchanged; "
-                         "convert the adapter to a plain LoRA (PEFT's path_initial_model_for_weight_conversion)")
         found.extend(f"{what} is not supported by vllm" for key, what in VLLM_REFUSED_FEATURES.items()
                      if peft_config.get(key))
     else:
         if peft_config.get("use_rslora"):
             found.append("rsLoRA scaling (alpha / sqrt(r)) is not what llama.cpp applies (alpha / r); "
                          "train with use_rslora: false")
-        if peft_config.get("rank_pattern") or peft_config.get("alpha_pattern"):
-            found.append("per-module rank or alpha (rank_pattern, alpha_pattern) does not fit llama.cpp's one "
-                         "alpha per adapter file")
+        found.extend(f"{why} (llama.cpp)" for key, why in LLAMACPP_REFUSED_FEATURES.items() if peft_config.get(key))
+        if peft_config.get("lora_alpha", 8) == 0:
+            found.append("lora_alpha 0 (PEFT then scales the adapter to nothing) is read by llama.cpp as "
+                         "'no alpha', which applies the adapter at scale 1")
     return found
 
 

@@ -11,12 +11,19 @@ another port, waits for its health check, and then switches new requests to it a
 already sent finish on the old process, which stops when the last of them ends (or after the
 drain timeout). Nothing fails, but for the seconds of the switch the machine holds the model
 twice. Removing an adapter only forgets its name (its file stays loaded at scale 0).
+
+llama-server listens on loopback and requires a key that tunesmith draws at each start and hands
+over in LLAMA_API_KEY (the environment, not argv, which every local user can read); /health stays
+open, as in llama-server (tools/server/server-http.cpp). Checked against the llama.cpp sources
+vendored in llama-cpp-python 0.3.36.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -24,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ServeError
+from tunesmith.errors import ConfigError, ServeError
 from tunesmith.serve.adapters import PreparedAdapter, Target
 from tunesmith.serve.engines.remote import LOOPBACK, RemoteEngine, _done, free_loopback_port, terminate
 
@@ -49,6 +56,36 @@ def llama_server_command(*, executable: str, gguf: str, host: str, port: int, lo
     return argv
 
 
+# llama-server reads an environment variable per option (common/arg.cpp, `set_env`), applied before
+# argv, so an option on the command line wins (common_params_parse_ex). These are dropped from the
+# environment tunesmith starts it with: the key variables (tunesmith sets its own; a key file would
+# add keys and a missing one stops the start), the options tunesmith passes (the command line wins
+# anyway, with a warning), and those that would break what tunesmith relies on: another route
+# prefix, TLS on the loopback port, an embeddings- or router-only server, another model source,
+# context shift (tunesmith refuses what exceeds the context instead), a server-wide n_predict.
+LLAMA_SERVER_ENV_DROPPED = (
+    "LLAMA_API_KEY", "LLAMA_ARG_API_KEY_FILE", "LLAMA_ARG_MODEL", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT",
+    "LLAMA_ARG_N_PARALLEL", "LLAMA_ARG_CTX_SIZE", "LLAMA_ARG_UI", "LLAMA_ARG_CACHE_RAM", "LLAMA_ARG_API_PREFIX",
+    "LLAMA_ARG_SSL_KEY_FILE", "LLAMA_ARG_SSL_CERT_FILE", "LLAMA_ARG_EMBEDDINGS", "LLAMA_ARG_RERANKING",
+    "LLAMA_ARG_MODELS_DIR", "LLAMA_ARG_MODELS_PRESET", "LLAMA_ARG_MODEL_URL", "LLAMA_ARG_HF_REPO",
+    "LLAMA_ARG_HF_FILE", "LLAMA_ARG_DOCKER_REPO", "LLAMA_ARG_CONTEXT_SHIFT", "LLAMA_ARG_N_PREDICT",
+    # the `LLAMA_ARG_NO_` forms llama.cpp also reads for the on/off options above (get_value_from_env)
+    "LLAMA_ARG_NO_UI", "LLAMA_ARG_NO_CONTEXT_SHIFT",
+)
+
+
+def llama_server_environment(environ: dict[str, str], *, key: str, threads_on_argv: bool) -> dict[str, str]:
+    """`environ` without the variables above, with LLAMA_API_KEY set to `key`."""
+    dropped = set(LLAMA_SERVER_ENV_DROPPED) | ({"LLAMA_ARG_THREADS"} if threads_on_argv else set())
+    env = {name: value for name, value in environ.items() if name not in dropped}
+    ignored = sorted(set(environ) - set(env))
+    if ignored:
+        log.warning("starting llama-server without %s from the environment (tunesmith sets these itself)",
+                    ", ".join(ignored))
+    env["LLAMA_API_KEY"] = key
+    return env
+
+
 LLAMA_SERVER_CACHE = Path.home() / ".cache" / "tunesmith" / "llama-server"
 
 
@@ -69,6 +106,12 @@ class LlamaCppEngine(RemoteEngine):
 
     def __init__(self, *args, base_config, context_length: int, **kwargs):
         super().__init__(*args, **kwargs)
+        if any(arg.split("=", 1)[0] in ("--api-key", "--api-key-file") for arg in self.cfg.engine_options.extra_args):
+            raise ConfigError("engine_options.extra_args sets llama-server's --api-key/--api-key-file; tunesmith "
+                              "draws llama-server's key at each start", hint="drop it: clients use tunesmith's --api-key")
+        # What llama-server requires of every request but /health; no comma (llama-server splits
+        # --api-key/LLAMA_API_KEY on commas), which token_urlsafe never writes.
+        self.engine_key = secrets.token_urlsafe(32)
         self.base_config = base_config
         self.context_length = context_length
         self._lora_ids: dict[str, int] = {}  # replaced whole (never edited) when the process is
@@ -111,6 +154,12 @@ class LlamaCppEngine(RemoteEngine):
         files, self._lora_ids = self.lora_plan([self.registry.get(n) for n in self.registry.names()])
         return self.command_for(self.port, files)
 
+    def environment(self) -> dict[str, str]:
+        return llama_server_environment(dict(os.environ), key=self.engine_key, threads_on_argv=bool(self.cfg.threads))
+
+    def client_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.engine_key}"}
+
     def install_hint(self) -> str:
         return "put llama-server on PATH (`make llama-server` builds one), or set engine_options.llama_server"
 
@@ -122,9 +171,13 @@ class LlamaCppEngine(RemoteEngine):
         return {"lora": [{"id": self._lora_ids[target.adapter], "scale": 1.0}]}
 
     def sampling_fields(self, params) -> dict[str, Any]:
-        # llama-server's defaults add top-k 40 and min-p 0.05; tunesmith samples from temperature
-        # and top_p alone, so both are switched off (and penalties stay neutral).
-        return {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": True}
+        # A request starts from llama-server's own sampling settings (server-schema.cpp copies
+        # params_base.sampling), which default to top-k 40 and min-p 0.05 and which LLAMA_ARG_*
+        # variables, a config.ini or the GGUF's general.sampling.* keys can change; tunesmith
+        # samples from temperature and top_p alone, so every other sampler is sent switched off.
+        return {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "dry_multiplier": 0.0, "xtc_probability": 0.0, "typical_p": 1.0, "top_n_sigma": -1.0, "mirostat": 0,
+                "cache_prompt": True}
 
     def add_adapter(self, prepared: PreparedAdapter) -> concurrent.futures.Future:
         if self.process is None:
