@@ -19,8 +19,9 @@ resident.
 
 `use_lean_lora` switches the plain LoRA linear layers of a model to it. Layers it does not
 cover fall back to PEFT's own forward at every call: DoRA and other variants,
-several active adapters, mixed-adapter batches, merged or disabled adapters, a LoRA bias, or an
-input whose dtype differs from the adapter's.
+several active adapters, mixed-adapter batches, merged or disabled adapters, a LoRA bias, an
+input whose dtype differs from the adapter's, a trainable base layer, or weights that DeepSpeed
+ZeRO-3 partitions.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def _frozen_linear(layer: nn.Module, dtype: torch.dtype) -> bool:
             and (layer.bias is None or not layer.bias.requires_grad))
 
 
+def _partitioned(*weights: torch.Tensor) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions these weights: it gathers a module's weights when the
+    module itself is called, and the lean node reads them without calling the modules."""
+    return any(hasattr(w, "ds_id") for w in weights)
+
+
 def _reproducible(dropout: nn.Module) -> bool:
     """Whether `_keep_mask` draws exactly what `dropout` itself would."""
     return (isinstance(dropout, (nn.Identity, CheapMaskDropout))
@@ -126,7 +133,8 @@ def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[Optional[torch.Tens
 def _lean_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     name = None if args or kwargs else _lean_adapter(self)
     if (name is None or x.dtype != self.lora_A[name].weight.dtype or not _frozen_linear(self.base_layer, x.dtype)
-            or not _reproducible(self.lora_dropout[name])):
+            or not _reproducible(self.lora_dropout[name])
+            or _partitioned(self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight)):
         return type(self).forward(self, x, *args, **kwargs)
     keep, keep_scale = _keep_mask(self.lora_dropout[name], x)  # the base layer draws nothing
     base = self.base_layer

@@ -118,3 +118,20 @@ def test_a_trainable_base_layer_uses_pefts_forward(tiny_model):
         model(input_ids=ids, labels=ids).loss.backward()
     assert not calls
     assert all(p.grad is not None for n, p in model.named_parameters() if "base_layer" in n and p.dim() == 2)
+
+
+def test_weights_partitioned_by_zero3_use_pefts_forward(tiny_model):
+    # ZeRO-3 gathers a module's weights only when the module is called; the lean node reads them directly.
+    ids = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    model = _lora_model(tiny_model, lean=True, dropout=0.1)
+    for name, p in model.named_parameters():
+        if "lora_A" in name:
+            p.ds_id = 0  # the attribute DeepSpeed gives the parameters it partitions
+    from tunesmith.train import lean_lora
+
+    calls = []
+    apply = lean_lora.LeanLoraBranch.apply
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lean_lora.LeanLoraBranch, "apply", lambda *args: calls.append(1) or apply(*args))
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert not calls
