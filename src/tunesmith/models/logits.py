@@ -11,10 +11,12 @@ the largest matrix product and of the softmax.
 from __future__ import annotations
 
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from tunesmith.chat.masking import IGNORE_INDEX
+
+if TYPE_CHECKING:  # torch is imported where a tensor is handled: the CLI and the planner import this module
+    import torch
 
 # Config fields of transformers 5.23 models that change logits after the output head (Gemma 2/3
 # soft-capping, Cohere's logit scale, Granite's logits scaling, Falcon-H1's head multiplier,
@@ -24,8 +26,10 @@ LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_softcapping", "softcap
                         "logits_scaling", "output_multiplier", "lm_head_multiplier", "unpadded_vocab_size")
 
 
-def trained_positions(labels: torch.Tensor) -> torch.Tensor:
+def trained_positions(labels: "torch.Tensor") -> "torch.Tensor":
     """Boolean (batch, length) mask of the positions whose next token carries loss."""
+    import torch
+
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     return keep
@@ -33,6 +37,8 @@ def trained_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def inner_causal_lm(model):
     """The transformers model inside DDP / DeepSpeed (`.module`) and PEFT (`get_base_model`) wrappers."""
+    import torch
+
     if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     get_base = getattr(model, "get_base_model", None)
