@@ -26,7 +26,6 @@ ZeRO-3 partitions.
 
 from __future__ import annotations
 
-from types import MethodType
 from typing import Any, Optional
 
 import torch
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.train.dropout import CheapMaskDropout
+from tunesmith.train.forward_swap import swap_forwards
 
 
 class LeanLoraBranch(torch.autograd.Function):
@@ -146,9 +146,4 @@ def use_lean_lora(model: nn.Module) -> int:
     """Run the plain LoRA linear layers of `model` through `LeanLoraBranch`; returns how many."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    switched = 0
-    for module in model.modules():
-        if type(module) is LoraLinear and "forward" not in module.__dict__:
-            module.forward = MethodType(_lean_forward, module)
-            switched += 1
-    return switched
+    return swap_forwards(model, lambda module: type(module) is LoraLinear, _lean_forward)

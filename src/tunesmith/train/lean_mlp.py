@@ -13,13 +13,11 @@ its own forward.
 
 from __future__ import annotations
 
-import inspect
-import re
-from types import MethodType
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tunesmith.train.forward_swap import forward_source, swap_forwards
 
 # transformers' gated MLP forward, whitespace removed (modeling_llama.LlamaMLP and its copies)
 _LLAMA_MLP_FORWARD = "defforward(self,x):down_proj=self.down_proj(self.act_fn(self.gate_proj(x))*self.up_proj(x))returndown_proj"
@@ -54,11 +52,7 @@ def _is_silu(module: nn.Module) -> bool:
 def _is_llama_mlp(module: nn.Module) -> bool:
     if not all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return False
-    try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return False
-    return re.sub(r"\s+", "", source) == _LLAMA_MLP_FORWARD and _is_silu(module.act_fn)
+    return forward_source(module) == _LLAMA_MLP_FORWARD and _is_silu(module.act_fn)
 
 
 def _lean_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +62,4 @@ def _lean_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 def use_lean_mlp(model: nn.Module) -> int:
     """Run the Llama-style SiLU MLPs of `model` through `SiluGate`; returns how many."""
-    switched = 0
-    for module in model.modules():
-        if "forward" not in module.__dict__ and _is_llama_mlp(module):
-            module.forward = MethodType(_lean_mlp_forward, module)
-            switched += 1
-    return switched
+    return swap_forwards(model, _is_llama_mlp, _lean_mlp_forward)

@@ -15,12 +15,10 @@ norm, and other dtypes, keep their own forward.
 
 from __future__ import annotations
 
-import inspect
-import re
-from types import MethodType
-
 import torch
 from torch import nn
+
+from tunesmith.train.forward_swap import forward_source, swap_forwards
 
 # transformers' RMSNorm forward, whitespace removed (modeling_llama.LlamaRMSNorm and its copies)
 _LLAMA_NORM_FORWARD = (
@@ -59,11 +57,7 @@ class LeanRMSNorm(torch.autograd.Function):
 def _is_llama_norm(module: nn.Module) -> bool:
     if not isinstance(getattr(module, "weight", None), torch.Tensor) or not hasattr(module, "variance_epsilon"):
         return False
-    try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return False
-    return re.sub(r"\s+", "", source) == _LLAMA_NORM_FORWARD
+    return forward_source(module) == _LLAMA_NORM_FORWARD
 
 
 def _lean_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -75,9 +69,4 @@ def _lean_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 def use_lean_norm(model: nn.Module) -> int:
     """Run the Llama-style RMSNorms of `model` through `LeanRMSNorm`; returns how many."""
-    switched = 0
-    for module in model.modules():
-        if "forward" not in module.__dict__ and _is_llama_norm(module):
-            module.forward = MethodType(_lean_norm_forward, module)
-            switched += 1
-    return switched
+    return swap_forwards(model, _is_llama_norm, _lean_norm_forward)

@@ -4,6 +4,8 @@ and falls back to PEFT's forward wherever it does not apply."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -25,6 +27,18 @@ def _lora_model(tiny_model, lean: bool, dropout: float = 0.1, **lora):
     if lean:
         assert use_lean_lora(model) > 0
     return model.train()
+
+
+@contextmanager
+def _lean_calls():
+    """The calls to the lean node made inside the block (one entry each)."""
+    from tunesmith.train import lean_lora
+
+    calls: list[int] = []
+    apply = lean_lora.LeanLoraBranch.apply
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lean_lora.LeanLoraBranch, "apply", lambda *args: calls.append(1) or apply(*args))
+        yield calls
 
 
 def _step(model, ids):
@@ -83,12 +97,7 @@ def test_lean_branch_keeps_no_dropped_copy(tiny_model):
 def test_falls_back_where_it_cannot_reproduce_peft(tiny_model):
     ids = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(0))
     model = _lora_model(tiny_model, lean=True, dropout=0.0)
-    calls = []
-    from tunesmith.train import lean_lora
-
-    apply = lean_lora.LeanLoraBranch.apply
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lean_lora.LeanLoraBranch, "apply", lambda *args: calls.append(1) or apply(*args))
+    with _lean_calls() as calls:
         model(input_ids=ids)
         assert calls, "the lean branch runs for plain LoRA"
         calls.clear()
@@ -109,12 +118,7 @@ def test_a_trainable_base_layer_uses_pefts_forward(tiny_model):
     for name, p in model.named_parameters():
         if "base_layer" in name:
             p.requires_grad_(True)
-    from tunesmith.train import lean_lora
-
-    calls = []
-    apply = lean_lora.LeanLoraBranch.apply
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lean_lora.LeanLoraBranch, "apply", lambda *args: calls.append(1) or apply(*args))
+    with _lean_calls() as calls:
         model(input_ids=ids, labels=ids).loss.backward()
     assert not calls
     assert all(p.grad is not None for n, p in model.named_parameters() if "base_layer" in n and p.dim() == 2)
@@ -127,11 +131,6 @@ def test_weights_partitioned_by_zero3_use_pefts_forward(tiny_model):
     for name, p in model.named_parameters():
         if "lora_A" in name:
             p.ds_id = 0  # the attribute DeepSpeed gives the parameters it partitions
-    from tunesmith.train import lean_lora
-
-    calls = []
-    apply = lean_lora.LeanLoraBranch.apply
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lean_lora.LeanLoraBranch, "apply", lambda *args: calls.append(1) or apply(*args))
+    with _lean_calls() as calls:
         model(input_ids=ids, labels=ids).loss.backward()
     assert not calls

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import threading
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ConfigError, ServeError
+from tunesmith.errors import ServeError
 from tunesmith.serve.adapters import PreparedAdapter, Target
 from tunesmith.serve.engines.remote import LOOPBACK, RemoteEngine, _done, free_loopback_port, terminate
 
@@ -102,16 +101,11 @@ def find_llama_server(name: str = "llama-server") -> str | None:
 
 class LlamaCppEngine(RemoteEngine):
     name = "llama.cpp"
+    key_flags = ("--api-key", "--api-key-file")  # would add keys; a missing key file stops the start
     seed_range = 1 << 31  # llama-server reads `seed` as a 32-bit int (-1 means random)
 
     def __init__(self, *args, base_config, context_length: int, **kwargs):
         super().__init__(*args, **kwargs)
-        if any(arg.split("=", 1)[0] in ("--api-key", "--api-key-file") for arg in self.cfg.engine_options.extra_args):
-            raise ConfigError("engine_options.extra_args sets llama-server's --api-key/--api-key-file; tunesmith "
-                              "draws llama-server's key at each start", hint="drop it: clients use tunesmith's --api-key")
-        # What llama-server requires of every request but /health; no comma (llama-server splits
-        # --api-key/LLAMA_API_KEY on commas), which token_urlsafe never writes.
-        self.engine_key = secrets.token_urlsafe(32)
         self.base_config = base_config
         self.context_length = context_length
         self._lora_ids: dict[str, int] = {}  # replaced whole (never edited) when the process is
@@ -157,8 +151,6 @@ class LlamaCppEngine(RemoteEngine):
     def environment(self) -> dict[str, str]:
         return llama_server_environment(dict(os.environ), key=self.engine_key, threads_on_argv=bool(self.cfg.threads))
 
-    def client_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.engine_key}"}
 
     def install_hint(self) -> str:
         return "put llama-server on PATH (`make llama-server` builds one), or set engine_options.llama_server"

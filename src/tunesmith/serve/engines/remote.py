@@ -20,6 +20,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import threading
@@ -28,7 +29,7 @@ from typing import Any, Optional
 
 import httpx
 
-from tunesmith.errors import ServeError
+from tunesmith.errors import ConfigError, ServeError
 from tunesmith.serve.adapters import KnownAdapters, PreparedAdapter, Target
 from tunesmith.serve.config import ServeConfig
 from tunesmith.serve.engines.base import (Event, GenerationEngine, RequestHandle, SamplingParams, queue_full,
@@ -85,6 +86,7 @@ class RemoteEngine(GenerationEngine):
 
     name = "remote"
     seed_range = 1 << 63  # seeds are sent modulo this (what the engine's seed field holds)
+    key_flags: tuple[str, ...] = ()  # the engine's own options that set the key it requires
 
     def __init__(self, cfg: ServeConfig, registry: NameRegistry, *, base_name: str,
                  metrics: Optional[ServeMetrics] = None, port: Optional[int] = None):
@@ -104,6 +106,13 @@ class RemoteEngine(GenerationEngine):
         self._route_lock = threading.Lock()
         self._users: dict[httpx.AsyncClient, int] = {}  # sequences sent (or about to be) per client
         self._event_loop: Optional[asyncio.AbstractEventLoop] = None
+        if any(arg.split("=", 1)[0] in self.key_flags for arg in cfg.engine_options.extra_args):
+            raise ConfigError(f"engine_options.extra_args sets {'/'.join(self.key_flags)}; tunesmith draws the "
+                              f"{self.name} engine's key at each start", hint="drop it: clients use tunesmith's --api-key")
+        # What the engine requires of every request but its health check: the engine listens on
+        # loopback, so this keeps its routes (the management ones included) behind tunesmith's own
+        # authentication. URL-safe base64 holds no comma (llama-server splits keys on commas).
+        self.engine_key = secrets.token_urlsafe(32)
 
     # ------------------------------------------------------------------ what subclasses say
 
@@ -119,8 +128,8 @@ class RemoteEngine(GenerationEngine):
         """The body fields that pick the base or the adapter."""
 
     def client_headers(self) -> dict[str, str]:
-        """Headers on every request to the engine (a key it requires)."""
-        return {}
+        """Headers on every request to the engine: the key it requires."""
+        return {"Authorization": f"Bearer {self.engine_key}"}
 
     def sampling_fields(self, params: SamplingParams) -> dict[str, Any]:
         """Fields that switch off the engine's own sampling defaults, so that temperature and

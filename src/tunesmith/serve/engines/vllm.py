@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import secrets
 from typing import Any, Optional
 
 import httpx
@@ -65,6 +64,7 @@ def vllm_command(*, executable: str, model: str, served_name: str, host: str, po
 
 class VLLMEngine(RemoteEngine):
     name = "vllm"
+    key_flags = ("--api-key",)  # it would replace the key tunesmith hands over in VLLM_API_KEY
 
     def __init__(self, *args, model_path: str, context_length: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,12 +72,8 @@ class VLLMEngine(RemoteEngine):
             raise ConfigError(f"--quantization {self.cfg.model.quantization} loads the base with bitsandbytes, which "
                               "vLLM does not offer", hint="drop --quantization, or give vLLM one of its own methods "
                               "in engine_options.extra_args (e.g. --quantization fp8)")
-        if any(arg.split("=", 1)[0] == "--api-key" for arg in self.cfg.engine_options.extra_args):
-            raise ConfigError("engine_options.extra_args sets vLLM's --api-key, which would replace the key tunesmith "
-                              "draws for vLLM at each start", hint="drop it: clients use tunesmith's --api-key")
         self.model_path = model_path  # resolved: vLLM knows neither `default` nor tunesmith's aliases
         self.context_length = context_length
-        self.engine_key = secrets.token_urlsafe(32)  # what vLLM requires of every /v1 request
 
     def _adapter_dirs(self) -> dict[str, str]:
         return {name: str(self.registry.get(name).info.adapter_dir) for name in self.registry.names()}
@@ -110,8 +106,6 @@ class VLLMEngine(RemoteEngine):
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env
 
-    def client_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.engine_key}"}
 
     def install_hint(self) -> str:
         return "pip install vllm (on a machine with a supported GPU), or set engine_options.vllm to its path"
