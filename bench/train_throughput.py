@@ -5,7 +5,8 @@
 
 Variants, each in its own process so the peak memory it reports is its own:
 - tunesmith: `tunesmith.train.sft.run` with its defaults (packed rows, the output head run only at
-  positions whose next token carries loss, cheap-mask LoRA dropout on CPU);
+  positions whose next token carries loss; on CPU, LoRA dropout masks drawn as gaps between drops
+  and each micro-batch flattened into one sequence attended per example);
 - trainer: the recipe the common guides give, transformers `Trainer` + peft LoRA with batches
   padded to their longest example (`DataCollatorForSeq2Seq`), no packing;
 - trl: TRL's `SFTTrainer` at its best documented CPU settings: packing (best-fit decreasing into

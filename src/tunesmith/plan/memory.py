@@ -15,8 +15,10 @@ tests/integration/test_plan_calibration.py):
   train/cpu_attention.py), the MLP's gate, up, activation and product, the inputs a
   trainable linear layer keeps, LoRA's dropout masks (and on GPUs, where PEFT's own forward runs,
   its dropped-out copies) and rank-r intermediates, and the attention
-  mask SDPA receives for packed rows (rows x length^2 per layer); with gradient checkpointing,
-  one hidden state per layer plus one layer recomputed;
+  mask SDPA receives for packed rows (rows x length^2 per layer; on CPU a packed micro-batch is
+  one flattened sequence attended per example, train/document_attention.py, so no layer keeps a
+  mask and transformers builds one boolean mask of (rows x length)^2); with gradient
+  checkpointing, one hidden state per layer plus one layer recomputed;
 - the output head at the trained positions only (`train/loss.py`): for SFT, fused with the loss
   in chunks, the hidden states and a logsumexp per trained position plus one chunk's logits and
   their gradient; for preference objectives and models whose logits are capped or scaled after
@@ -118,6 +120,7 @@ class Workload:
     offload_params: bool
     lean_lora: bool = False   # train/lean_lora.py and lean_mlp.py run the layers (LoRA on CPU)
     grouped_attention: bool = False  # keys and values not repeated per query head (train/cpu_attention.py, CPU)
+    document_attention: bool = False  # packed micro-batch flattened, attention per example (train/document_attention.py)
 
 
 def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) -> Workload:
@@ -143,6 +146,8 @@ def workload(cfg: TrainConfig, target: Target, gpus: int, trained_share: float) 
         or strategy == "fsdp" and train.fsdp_cpu_offload,
         lean_lora=cfg.method == "lora" and not target.gpu,
         grouped_attention=not target.gpu,
+        document_attention=(not target.gpu and train.packing and objective in ("sft", "pretrain")
+                            and cfg.model.attn_implementation in ("auto", "sdpa")),
     )
 
 
@@ -203,7 +208,7 @@ def head_is_fused(shape: ModelShape, w: Workload) -> bool:
 def activation_bytes(shape: ModelShape, w: Workload) -> tuple[int, int, int]:
     """(saved layer activations, attention masks, output head) for one micro-batch."""
     tokens = w.rows * w.seq_len
-    masked = w.attention != "flash_attention_2"
+    masked = w.attention != "flash_attention_2" and not w.document_attention
     act, fp32 = _layer_elements(shape, w, masked)
     per_layer = tokens * (act * w.dtype_bytes + fp32 * 4)
     mask_per_layer = w.rows * w.seq_len**2 * w.dtype_bytes if masked else 0
@@ -213,6 +218,10 @@ def activation_bytes(shape: ModelShape, w: Workload) -> tuple[int, int, int]:
     else:
         layers = per_layer * shape.layers
         masks = mask_per_layer * shape.layers
+    if w.document_attention:
+        # no layer keeps a mask, but transformers still builds one boolean mask over the flattened
+        # micro-batch from the restarting positions
+        masks = tokens**2
     trained = tokens * w.trained_share
     logit_bytes = 4 if w.method == "qlora" else w.dtype_bytes
     if head_is_fused(shape, w):

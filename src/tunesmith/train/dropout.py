@@ -1,25 +1,52 @@
 """LoRA input dropout with a cheaper mask on CPU.
 
 PEFT applies `nn.Dropout` to the input of every adapted layer. On CPU, drawing its Bernoulli
-mask is the largest single cost of a LoRA step on a small model (about a fifth of the step
-for the embedded default model with `lora.dropout: 0.05`): torch's CPU generator produces
-one 32-bit draw per element. `CheapMaskDropout` draws 64-bit words and uses each as four
-16-bit uniform numbers, so one draw serves four elements.
+mask is the largest single cost of a LoRA step on a small model after the matrix products:
+torch's CPU generator produces one 32-bit draw per element. `CheapMaskDropout` draws the gaps
+between dropped elements instead: in a sequence of independent Bernoulli(p) trials the distance
+from one drop to the next is geometric, so about n * p draws (with p = 0.05, one in twenty) place
+every drop of n elements, and the mask is a tensor of ones with zeros written at those places.
 
-Semantics are those of inverted dropout: every element is zeroed independently with
-probability p' = round(p * 65536) / 65536 (|p' - p| < 8e-6) and the survivors are scaled by
-1 / (1 - p'). The draws come from torch's global generator, so seeding and exact resume
-behave as with `nn.Dropout`. On CUDA the fused dropout kernel is already cheap, and the
-modules are left as PEFT made them.
+Semantics are those of inverted dropout with exactly p: every element is zeroed independently
+with probability p and the survivors are scaled by 1 / (1 - p). The draws come from torch's
+global generator, so seeding and exact resume behave as with `nn.Dropout`. On CUDA the fused
+dropout kernel is already cheap, and the modules are left as PEFT made them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-_LEVELS = 1 << 16
-_INT64_MIN = -(1 << 63)
+
+def dropped_positions(n: int, p: float, device: torch.device | str = "cpu", chunk: int | None = None) -> torch.Tensor:
+    """The sorted flat positions, in [0, n), that independent Bernoulli(p) trials drop.
+
+    The gap from one drop to the next (from -1 to the first) is geometric on {1, 2, ...}:
+    floor(log(1 - u) / log(1 - p)) + 1 for u uniform in [0, 1), drawn in float64 from torch's
+    global generator. Draws come in chunks (by default sized to cover n with overwhelming
+    probability); a chunk that falls short is followed by another, and since the generator's
+    stream does not depend on how it is split, the positions do not depend on the chunk size.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout probability must be in (0, 1), got {p}")
+    log_keep = math.log1p(-p)
+    if chunk is None:
+        mean = n * p
+        chunk = int(mean + 6 * math.sqrt(mean * (1 - p))) + 16
+    parts, start = [], -1
+    while True:
+        gaps = torch.rand(chunk, dtype=torch.float64).neg_().log1p_().div_(log_keep).floor_().add_(1)
+        positions = gaps.to(torch.int64).cumsum_(0).add_(start)
+        if int(positions[-1]) >= n:
+            parts.append(positions[: int(torch.searchsorted(positions, n))])
+            break
+        parts.append(positions)
+        start = int(positions[-1])
+    positions = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return positions.to(device)
 
 
 class CheapMaskDropout(nn.Module):
@@ -28,8 +55,7 @@ class CheapMaskDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self.threshold = round(p * _LEVELS)
-        self.scale = _LEVELS / (_LEVELS - self.threshold)
+        self.scale = 1.0 / (1.0 - p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -37,13 +63,12 @@ class CheapMaskDropout(nn.Module):
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
         """A boolean mask shaped like `x`, True where an element survives (drawn from torch's
         global generator, so one call consumes the same draws as one forward)."""
-        n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(_INT64_MIN, None)
-        uniform16 = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767], uniformly
-        return uniform16 >= self.threshold - _LEVELS // 2
+        keep = torch.ones(x.numel(), dtype=torch.uint8, device=x.device)
+        keep[dropped_positions(x.numel(), self.p, x.device)] = 0
+        return keep.view(torch.bool).view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
+        if not self.training or self.p == 0:
             return x
         return apply_noise(x, self.keep_mask(x), self.scale)
 

@@ -125,7 +125,7 @@ def _reproducible(dropout: nn.Module) -> bool:
 def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[Optional[torch.Tensor], float]:
     """The dropout's keep-mask and survivor scale, drawn as the module itself would draw them;
     (None, 1.0) when it drops nothing."""
-    if isinstance(dropout, CheapMaskDropout) and dropout.training and dropout.threshold > 0:
+    if isinstance(dropout, CheapMaskDropout) and dropout.training and dropout.p > 0:
         return dropout.keep_mask(x), dropout.scale
     return None, 1.0
 

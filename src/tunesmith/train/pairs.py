@@ -156,8 +156,6 @@ class PreferencePlan:
     """Which examples each optimiser step uses, on each rank: a pure function of (seed, epoch,
     step), so a resumed run sees exactly the batches the interrupted one would have seen."""
 
-    layout = "padded (never packed)"
-
     def __init__(self, data: PreferenceSet, settings: TrainSettings, dist, pad_id: int, tokenizer=None):
         self.data = data
         self.settings = settings
@@ -173,6 +171,7 @@ class PreferencePlan:
                 hint="add data, or lower train.micro_batch_size or train.gradient_accumulation_steps")
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * self.steps_per_epoch))
         self._cache: tuple[int, list[int]] | None = None
+        self.layout = f"padded (never packed) micro-batches of {settings.micro_batch_size} pairs"
 
     def _order(self, epoch: int) -> list[int]:
         if self._cache is None or self._cache[0] != epoch:

@@ -37,6 +37,7 @@ from tunesmith.train.adapters import apply_method, count_parameters, load_adapte
 from tunesmith.train.checkpoint import (latest_checkpoint, load_checkpoint, resume_point, save_adapter_layout,
                                         save_checkpoint)
 from tunesmith.train.data import TrainingData, load_training_data
+from tunesmith.train.document_attention import attends_per_document
 from tunesmith.train.environment import Dist, autocast_for, seed_everything, setup_distributed
 from tunesmith.train.optim import build_optimizer, lr_at
 from tunesmith.train.progress import Progress
@@ -166,12 +167,12 @@ def _setup(cfg: TrainConfig, resume, console) -> Run:
     if mix:
         say(f"data mix: {mix['corpus_tokens']:,} corpus tokens and {mix['conversation_tokens']:,} conversation "
             f"tokens ({100 * mix['conversation_share']:.1f}% conversations)")
-    flatten = cfg.model.attn_implementation == "flash_attention_2"
+    # flattened micro-batches (one sequence, boundaries passed to attention) for kernels that attend
+    # within each example; the others get separate packed rows
+    flatten = cfg.model.attn_implementation == "flash_attention_2" or attends_per_document(model, dist.device)
     plan = objective.batch_plan(train_set, dist, chat.pad.id, flatten)
     say(f"training: {len(train_set)} examples, {plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps; "
-        f"{getattr(plan, 'layout', 'packed' if cfg.train.packing else 'padded')} micro-batches of "
-        f"{cfg.train.micro_batch_size}, "
-        f"gradient accumulation {cfg.train.gradient_accumulation_steps}, {dist.world_size} process(es)")
+        f"{plan.layout}, gradient accumulation {cfg.train.gradient_accumulation_steps}, {dist.world_size} process(es)")
     val_batches = objective.eval_batches(val_set, dist, chat.pad.id, flatten) if val_set else []
 
     if dist.enabled:

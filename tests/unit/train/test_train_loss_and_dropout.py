@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.chat.masking import IGNORE_INDEX
 from tunesmith.chat.packing import PackedRowsCollator, PaddedCollator, pack_examples
-from tunesmith.train.dropout import CheapMaskDropout, use_cheap_dropout, apply_noise
+from tunesmith.train.dropout import CheapMaskDropout, apply_noise, dropped_positions, use_cheap_dropout
 from tunesmith.train.loss import causal_lm_loss, trained_positions
 
 
@@ -111,20 +111,43 @@ def test_cheap_mask_dropout_follows_the_dropout_law():
     torch.manual_seed(0)
     p = 0.1
     layer = CheapMaskDropout(p).train()
-    x = torch.ones(1001, 997)  # an odd size: the last 64-bit word is only partly used
+    x = torch.ones(1001, 997)
     y = layer(x)
     n = x.numel()
     kept = y != 0
     rate = kept.float().mean().item()
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs((1 - rate) - p) < 5 * sigma
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - layer.threshold / 65536)))
-    # Each of the four 16-bit lanes of a 64-bit draw is unbiased, including the sign lane.
-    lanes = kept.flatten()[: n - n % 4].view(-1, 4).float().mean(0)
-    assert torch.all((1 - lanes - p).abs() < 5 * math.sqrt(p * (1 - p) / (n // 4)))
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    # neighbours are independent: both of two adjacent elements are dropped with probability p^2
+    dropped = ~kept.flatten()
+    both = (dropped[1:] & dropped[:-1]).float().mean().item()
+    assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / (n - 1))
     # Masks are fresh on every call, and the expectation is preserved.
     assert not torch.equal(layer(x) != 0, kept)
     assert abs(y.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
+
+
+def test_every_position_is_dropped_with_probability_p():
+    """Including the first and the last: the gaps start before position 0 and the positions
+    are cut at n, and neither end may be favoured."""
+    torch.manual_seed(5)
+    p, n, draws = 0.2, 16, 4000
+    counts = torch.zeros(n)
+    for _ in range(draws):
+        counts[dropped_positions(n, p)] += 1
+    sigma = math.sqrt(p * (1 - p) / draws)
+    assert ((counts / draws - p).abs() < 5 * sigma).all(), counts / draws
+
+
+def test_dropped_positions_do_not_depend_on_the_chunk_size():
+    torch.manual_seed(11)
+    default = dropped_positions(50_000, 0.05)
+    torch.manual_seed(11)
+    small_chunks = dropped_positions(50_000, 0.05, chunk=7)  # ~360 chunks, each falling short
+    assert torch.equal(default, small_chunks)
+    assert bool((default[1:] > default[:-1]).all()) and 0 <= int(default[0]) and int(default[-1]) < 50_000
+    assert dropped_positions(0, 0.5).numel() == 0
 
 
 def test_cheap_mask_dropout_gradient_is_the_mask_and_eval_is_identity():
