@@ -13,8 +13,8 @@ tests/integration/test_plan_calibration.py):
   attention's query, key, value and output (on GPUs keys and values are repeated to every head
   when a mask is given, as transformers' SDPA path does; on CPU they are not, see
   train/cpu_attention.py), the MLP's gate, up, activation and product, the inputs a
-  trainable linear layer keeps, LoRA's dropout masks (and on GPUs, where PEFT's own forward runs,
-  its dropped-out copies) and rank-r intermediates, and the attention
+  trainable linear layer keeps, LoRA's dropout masks (on CPU the dropped positions; on GPUs,
+  where PEFT's own forward runs, also its dropped-out copies) and rank-r intermediates, and the attention
   mask SDPA receives for packed rows (rows x length^2 per layer; on CPU a packed micro-batch is
   one flattened sequence attended per example, train/document_attention.py, so no layer keeps a
   mask and transformers builds one boolean mask of (rows x length)^2); with gradient
@@ -193,8 +193,10 @@ def _layer_elements(shape: ModelShape, w: Workload, masked: bool) -> tuple[float
         if full or (lora_users and (w.lora_dropout == 0 or w.lean_lora)):
             act += width                             # one input tensor, kept by its consumers
         if lora_users and w.lora_dropout > 0:
-            # a one-byte mask per adapted layer; PEFT's own forward also keeps a dropped-out copy
-            act += len(lora_users) * width * ((0 if w.lean_lora else 1) + 1 / w.dtype_bytes)
+            # per adapted layer, the lean branch keeps the dropped positions (8 bytes per dropped
+            # element, train/dropout.py); PEFT's own forward keeps a one-byte mask and a dropped-out copy
+            mask_bytes = 8 * w.lora_dropout if w.lean_lora else 1
+            act += len(lora_users) * width * ((0 if w.lean_lora else 1) + mask_bytes / w.dtype_bytes)
     if not full:
         act += len(adapted) * w.lora_r               # LoRA A outputs
     return act, fp32
@@ -281,7 +283,9 @@ def estimate(shape: ModelShape, w: Workload, target: Target, serve_batch: int, s
     act_note = f"micro-batch {w.rows} x {w.seq_len} tokens" + (", checkpointed" if w.checkpointing else "")
     components.append(Component("activations", layers, act_note))
     if masks:
-        components.append(Component("attention masks", masks, "SDPA mask of packed/padded rows"))
+        note = ("one mask over the flattened micro-batch (attention runs per example)" if w.document_attention
+                else "SDPA mask of packed/padded rows")
+        components.append(Component("attention masks", masks, note))
     fused = " (fused with the loss)" if head_is_fused(shape, w) else ""
     components.append(Component("output head", head, f"logits at {w.trained_share:.0%} of positions{fused}"))
     if w.objective in NEEDS_REFERENCE:

@@ -41,12 +41,28 @@ def dropped_positions(n: int, p: float, device: torch.device | str = "cpu", chun
         gaps = torch.rand(chunk, dtype=torch.float64).neg_().log1p_().div_(log_keep).floor_().add_(1)
         positions = gaps.to(torch.int64).cumsum_(0).add_(start)
         if int(positions[-1]) >= n:
-            parts.append(positions[: int(torch.searchsorted(positions, n))])
+            # a copy, so the chunk's unused tail is not kept along with it for the backward pass
+            parts.append(positions[: int(torch.searchsorted(positions, n))].clone())
             break
         parts.append(positions)
         start = int(positions[-1])
     positions = parts[0] if len(parts) == 1 else torch.cat(parts)
     return positions.to(device)
+
+
+def keep_mask_of(dropped: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(x.numel(), dtype=torch.uint8, device=x.device)
+    keep[dropped] = 0
+    return keep.view(torch.bool).view(x.shape)
+
+
+def zero_at(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of `x` with the elements at the flat positions `dropped` set to 0: one
+    copy and a write per dropped element, where a {0, 1} multiplier costs a conversion and a
+    product over every element."""
+    out = x.clone(memory_format=torch.contiguous_format)
+    out.view(-1)[dropped] = 0
+    return out
 
 
 class CheapMaskDropout(nn.Module):
@@ -60,12 +76,14 @@ class CheapMaskDropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
+    def dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """The positions in `x.view(-1)` (x's elements in their logical order) this call drops,
+        drawn from torch's global generator: one call consumes the same draws as one forward."""
+        return dropped_positions(x.numel(), self.p, x.device)
+
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A boolean mask shaped like `x`, True where an element survives (drawn from torch's
-        global generator, so one call consumes the same draws as one forward)."""
-        keep = torch.ones(x.numel(), dtype=torch.uint8, device=x.device)
-        keep[dropped_positions(x.numel(), self.p, x.device)] = 0
-        return keep.view(torch.bool).view(x.shape)
+        """`dropped` as a boolean mask shaped like `x`, True where an element survives."""
+        return keep_mask_of(self.dropped(x), x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
