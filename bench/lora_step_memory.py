@@ -5,12 +5,14 @@
 
 Loads the model the quickstart tours (fetched from PyPI once, see docs/models.md) as `tunesmith
 train` does, with its default LoRA (r16 on every linear layer, dropout 0.05), packs demo tickets
-into `--rows` rows of `--seq-len` tokens and runs two steps through tunesmith's loss. Prints RSS
+into `--rows` rows of `--seq-len` tokens (flattened into one sequence, as training on CPU lays
+them out) and runs two steps through tunesmith's loss. Prints RSS
 at each stage and the tensors autograd saves for the backward pass, grouped by what they are
 (MLP intermediates, attention, logits over the 49k vocabulary, dropout masks, the rest); frozen
 weights that autograd references are not counted, since they are not copies.
 `--library-forward` runs PEFT's LoRA forward and transformers' MLP, norm and attention forwards
-instead of tunesmith's lean layers (train/lean_*.py, train/cpu_attention.py), for comparison.
+instead of tunesmith's lean layers (train/lean_*.py, train/cpu_attention.py), on the rows
+unflattened with transformers' attention mask, for comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     from tunesmith.train.batching import eval_batches, tokenize_rows
     from tunesmith.train.config import TrainConfig
     from tunesmith.train.data import read_jsonl
+    from tunesmith.train.document_attention import attends_per_document
     from tunesmith.train.loss import causal_lm_loss
 
     if args.library_forward:
@@ -70,7 +73,10 @@ def main() -> None:
     print(f"model + LoRA (dropout {cfg.lora.dropout}) loaded ({weights:.0f} MiB of fp32 parameters, mapped "
           f"lazily): rss {rss_mb():.0f} MB")
     data = tokenize_rows(read_jsonl(TICKETS)[:80], tokenizer, cfg.train, "bench")
-    batch = eval_batches(data, cfg.train, tokenizer.pad_token_id)[0].model_inputs("cpu")
+    # as `tunesmith train` lays it out: one flattened sequence attended per example; the
+    # libraries' forwards get the same rows unflattened, with transformers' mask
+    flatten = not args.library_forward and attends_per_document(model, "cpu")
+    batch = eval_batches(data, cfg.train, tokenizer.pad_token_id, flatten=flatten)[0].model_inputs("cpu")
     trained = int((batch["labels"][:, 1:] != -100).sum())
     print(f"batch {tuple(batch['input_ids'].shape)}, {trained} trained positions")
 
@@ -89,6 +95,8 @@ def main() -> None:
                 kind = f"logits (vocabulary {vocab})"
             elif tensor.dtype == torch.bool:
                 kind = "dropout keep-masks"
+            elif tensor.dtype == torch.int64 and len(shape) == 1:
+                kind = "dropout positions"
             elif len(shape) == 4:
                 kind = "attention (q, k, v, output)"
             elif shape[-1:] == (inter,):

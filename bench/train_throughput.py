@@ -1,7 +1,7 @@
 """Training throughput and peak memory: tunesmith's SFT LoRA next to what users would pick instead.
 
     python bench/train_throughput.py [--model default|smollm2|DIR] [--steps 30] [--micro-batch-size 8]
-                                     [--peers trainer,trl,llamafactory]
+                                     [--peers trainer,trl,llamafactory] [--repeat N]
 
 Variants, each in its own process so the peak memory it reports is its own:
 - tunesmith: `tunesmith.train.sft.run` with its defaults (packed rows, the output head run only at
@@ -27,7 +27,8 @@ variants fill rows of --max-seq-len tokens (LLaMA-Factory: one less, which it ke
 Reported: trained tokens/s (tokens that carry loss, counted on the micro-batches trained,
 timed over the training loop only), peak memory (the process's VmHWM), and tunesmith's ratios
 against each peer and against the best peer (the most trained tokens/s). A peer that cannot run
-here shows the error it ended with instead of figures.
+here shows the error it ended with instead of figures. With --repeat N every variant runs N
+times in rounds and each reports its fastest run, with the range.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_runs import (counting_trained_tokens, loop_time, print_table, read_metrics, report, resolve_model, trained_in,
-                        try_variant)
+from child_runs import (counting_trained_tokens, fastest_run, loop_time, print_table, read_metrics, report,
+                        resolve_model, trained_in, try_variant)
 from peers_llamafactory import try_llamafactory
 from peers_trl import run_trl
 
@@ -130,6 +131,10 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=256,
                     help="example cut-off for every variant, and the length of the packed rows: with the demo data "
                          "(examples up to ~250 tokens) a padded micro-batch then holds about as many tokens")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every variant this many times, in rounds (tunesmith, then each peer), and report each "
+                         "variant's fastest run with the range: on a shared machine a single run can be slowed by "
+                         "other load, and rounds spread it over all variants")
     ap.add_argument("--peers", default=",".join(PEERS),
                     help=f"comma-separated peers to run next to tunesmith, from {', '.join(PEERS)} (default: all)")
     ap.add_argument("--llamafactory-template", metavar="NAME",
@@ -147,17 +152,22 @@ def main() -> None:
         ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     passed = ["--model", args.model, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
               "--micro-batch-size", str(args.micro_batch_size), "--examples", str(args.examples)]
-    results = {}
-    for variant in ["tunesmith", *peers]:
-        print(f"running {variant} ...", flush=True)
-        if variant == "llamafactory":
-            results[variant] = try_llamafactory(args, DATA)
-        else:
-            results[variant] = try_variant(__file__, variant, passed)
-        done = results[variant]
-        print(f"  {variant}: " + (done["error"].splitlines()[-1] if "error" in done else
-                                  f"{done['tokens_per_s']:.0f} trained tok/s, peak {done['peak_rss_mb']:.0f} MB"),
-              flush=True)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    runs: dict[str, list[dict]] = {variant: [] for variant in ["tunesmith", *peers]}
+    for round_ in range(args.repeat):
+        for variant in runs:
+            print(f"running {variant}" + (f" (round {round_ + 1} of {args.repeat})" if args.repeat > 1 else "") + " ...",
+                  flush=True)
+            if variant == "llamafactory":
+                done = try_llamafactory(args, DATA)
+            else:
+                done = try_variant(__file__, variant, passed)
+            runs[variant].append(done)
+            print(f"  {variant}: " + (done["error"].splitlines()[-1] if "error" in done else
+                                      f"{done['tokens_per_s']:.0f} trained tok/s, peak {done['peak_rss_mb']:.0f} MB"),
+                  flush=True)
+    results = {variant: fastest_run(done) for variant, done in runs.items()}
     if "error" not in results.get("llamafactory", {"error": ""}):
         _, data = _tokenized(args.model, args.examples, args.max_seq_len)
         theirs = results["llamafactory"]

@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from child_runs import counting_trained_tokens, print_table, trained_in  # noqa: E402
+from child_runs import counting_trained_tokens, fastest_run, print_table, trained_in  # noqa: E402
 from llamafactory_child import Unusable, import_or_stand_in  # noqa: E402
 from peers_llamafactory import llamafactory_config, to_yaml, write_dataset  # noqa: E402
 
@@ -86,6 +86,18 @@ def test_table_ratios_against_each_peer_and_the_fastest(capsys):
     assert "tunesmith / TRL: trained tokens/s x1.50, peak memory x1.25" in out
     assert "tunesmith / best peer (TRL): trained tokens/s x1.50, peak memory x1.25" in out
     assert "tunesmith / LLaMA-Factory" not in out
+
+
+def test_repeated_runs_report_the_fastest_with_the_range(capsys):
+    slow, fast = _row(150, 900), _row(210, 700)
+    best = fastest_run([slow, {"error": "killed"}, fast])
+    assert best["tokens_per_s"] == 210 and best["peak_rss_mb"] == 700 and best["runs_tokens_per_s"] == [150, 210]
+    assert fastest_run([{"error": "a"}, {"error": "b"}]) == {"error": "b"}
+    print_table("h", {"tunesmith": fastest_run([_row(300, 500)]), "trl": best}, {"trl": "TRL"})
+    out = capsys.readouterr().out
+    assert "tunesmith / best peer (TRL): trained tokens/s x1.43" in out
+    assert "runs, TRL: 2 runs, 150 to 210 trained tok/s; the table shows the fastest" in out
+    assert "runs, tunesmith" not in out  # one run: nothing to add
 
 
 def test_table_without_a_peer_that_ran_gives_no_ratio(capsys):
