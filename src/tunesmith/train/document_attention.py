@@ -31,8 +31,9 @@ _OPS = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", No
 _BACKWARD_OPS = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _WRAPPED = "_tunesmith_document_attention"
 # keyword arguments that change what attention computes; per-example causal attention reproduces
-# none of them, so a call with any of them set keeps transformers' path
-_UNSUPPORTED = ("sliding_window", "softcap", "s_aux", "position_bias")
+# none of them, so a call with any of them set keeps transformers' path (`cache`: transformers'
+# paged continuous batching, which also passes cu_seq_lens, attends to cached keys)
+_UNSUPPORTED = ("sliding_window", "softcap", "s_aux", "position_bias", "cache")
 
 
 class DocumentCausalAttention(torch.autograd.Function):

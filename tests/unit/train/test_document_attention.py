@@ -34,7 +34,7 @@ def _masked_square(query, key, value, spans, scale):
     return out.transpose(1, 2)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6), (torch.bfloat16, 3e-2)])
 def test_per_example_attention_equals_the_masked_square(dtype, tol):
     gen = torch.Generator().manual_seed(0)
     length = SPANS[-1][1]
@@ -112,6 +112,7 @@ def test_calls_it_cannot_reproduce_keep_transformers_path(tiny_model):
     assert not runs_per_document(module, query, key, value, 0.1, flat)  # attention dropout
     assert not runs_per_document(module, query, key, value, 0.0, {**flat, "sliding_window": 4})
     assert not runs_per_document(module, query, key, value, 0.0, {**flat, "softcap": 30.0})
+    assert not runs_per_document(module, query, key, value, 0.0, {**flat, "cache": object()})  # paged decoding
     assert not runs_per_document(module, query, key, value, 0.0, {**flat, "cu_seq_lens_k": torch.tensor([0, 5, 10])})
     assert not runs_per_document(module, query, key, value, 0.0, {**flat, "cu_seq_lens_q": torch.tensor([0, 4, 9])})
     assert not runs_per_document(module, torch.zeros(2, 4, 10, 8), key, value, 0.0, flat)  # two rows
