@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import torch
 
+from tunesmith.models.logits import inner_causal_lm
+
 _OPS = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _BACKWARD_OPS = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _WRAPPED = "_tunesmith_document_attention"
@@ -133,7 +135,7 @@ def attends_per_document(model, device: str) -> bool:
     routing when it answers yes."""
     if not str(device).startswith("cpu"):
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = inner_causal_lm(model)
     config = getattr(base, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not getattr(base, "_supports_flash_attn", False):
         return False

@@ -50,19 +50,23 @@ def dropped_positions(n: int, p: float, device: torch.device | str = "cpu", chun
     return positions.to(device)
 
 
-def keep_mask_of(dropped: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    keep = torch.ones(x.numel(), dtype=torch.uint8, device=x.device)
-    keep[dropped] = 0
-    return keep.view(torch.bool).view(x.shape)
+def zero_positions_(t: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """`t` (contiguous) with its elements at the flat positions `dropped` set to 0, in place: a
+    write per dropped element, where a {0, 1} multiplier costs a conversion and a product over
+    every element."""
+    t.view(-1)[dropped] = 0
+    return t
 
 
 def zero_at(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of `x` with the elements at the flat positions `dropped` set to 0: one
-    copy and a write per dropped element, where a {0, 1} multiplier costs a conversion and a
-    product over every element."""
-    out = x.clone(memory_format=torch.contiguous_format)
-    out.view(-1)[dropped] = 0
-    return out
+    """A contiguous copy of `x` with the elements at the flat positions `dropped` set to 0."""
+    return zero_positions_(x.clone(memory_format=torch.contiguous_format), dropped)
+
+
+def keep_mask_of(dropped: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A boolean mask shaped like `x`, False at the flat positions `dropped`."""
+    keep = zero_positions_(torch.ones(x.numel(), dtype=torch.uint8, device=x.device), dropped)
+    return keep.view(torch.bool).view(x.shape)
 
 
 class CheapMaskDropout(nn.Module):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.train.dropout import CheapMaskDropout, zero_at
+from tunesmith.train.dropout import CheapMaskDropout, zero_at, zero_positions_
 from tunesmith.train.forward_swap import swap_forwards
 
 
@@ -79,14 +79,9 @@ class LeanLoraBranch(torch.autograd.Function):
             if dropped is None:
                 grad_x.addmm_(grad_down, a)
             else:
-                grad_x.add_(_zeroed(grad_down.mm(a), dropped))
+                grad_x.add_(zero_positions_(grad_down.mm(a), dropped))
             grad_x = grad_x.view(x.shape)
         return grad_x, None, None, grad_a, grad_b, None, None, None
-
-
-def _zeroed(t: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    t.view(-1)[dropped] = 0
-    return t
 
 
 def _lean_adapter(layer) -> Optional[str]:
